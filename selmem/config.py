@@ -1,0 +1,179 @@
+"""SelmemConfig: every option of DESIGN.md section 2 as one typed, validated field.
+
+Load from YAML with ``SelmemConfig.from_yaml(path)`` (unknown keys are an error), save with
+``cfg.to_yaml(path)``, override from the command line through tyro (``selmem train --help``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+Read = Literal["on", "off"]
+Select = Literal["soft", "hard", "topk", "threshold", "all"]
+Compress = Literal["linear", "avgpool", "maxpool", "attnpool", "none"]
+Address = Literal["attention", "fifo", "random"]
+CacheTransform = Literal["transformer", "none"]
+Sparsity = Literal["target", "l1"]
+
+C = TypeVar("C")
+
+
+@dataclass
+class SelmemConfig:
+    """The selective-memory Transformer. Defaults are the small CPU model used by the demo."""
+
+    vocab_size: int = 64
+    """Number of token ids; inputs must lie in [0, vocab_size)."""
+    d_model: int = 64
+    """Model width d."""
+    n_layers: int = 2
+    """Number of layers L; each owns a memory bank."""
+    n_heads: int = 4
+    """Attention heads H of every block."""
+    mlp_ratio: int = 4
+    """MLP hidden width = mlp_ratio * d_model."""
+    max_segment_len: int = 64
+    """Longest segment T that forward() accepts; forward_sequence cuts inputs into segments of at most this."""
+
+    # --- memory bank -------------------------------------------------------------------------
+    slots: int = 16
+    """Slots M per layer."""
+    d_mem: int = 32
+    """Slot width d_mem (<= d_model); compression maps d -> d_mem."""
+    read: Read = "on"
+    """'on': a layer's tokens attend to [up(C_l); hint_l] as extra keys/values; 'off': no read (ablation)."""
+    select: Select = "soft"
+    """Head B: 'soft' sigmoid, 'hard' Gumbel-sigmoid straight-through, 'topk' per-segment budget,
+    'threshold' learned threshold, 'all' g=1 (ablation)."""
+    topk: int = 8
+    """Write budget k per segment for select='topk'."""
+    gumbel_tau: float = 1.0
+    """Temperature of the Gumbel-sigmoid for select='hard'."""
+    compress: Compress = "linear"
+    """Candidates: 'linear' per token, 'avgpool'/'maxpool' over windows of pool_window tokens
+    weighted by g, 'attnpool' K learned queries, 'none' identity (needs d_mem == d_model)."""
+    pool_window: int = 4
+    """Window r of avgpool/maxpool."""
+    attnpool_queries: int = 8
+    """Learned queries K of attnpool."""
+    address: Address = "attention"
+    """Where candidates go: 'attention' (content + usage/age allocation, learned mix),
+    'fifo' ring buffer, 'random' fixed pseudo-random slot per input position (ablation)."""
+    alloc_temperature: float = 0.1
+    """Sharpness of the allocation weights over slot ranks (smaller = closer to one-hot)."""
+    usage_decay: float = 0.9
+    """gamma: usage <- gamma * usage + written mass + read mass, once per segment."""
+    slot_decay: bool = False
+    """Learned per-slot decay of slot content once per segment (optional forgetting)."""
+    cache_transform: CacheTransform = "transformer"
+    """Cross-layer mixing of all caches into per-layer read hints; 'none' disables hints."""
+    cache_transform_layers: int = 1
+    """Depth of the cache-transform Transformer."""
+    meta_cache: bool = False
+    """Add a pooled meta-cache token to the cache transform; its output is one more hint per layer."""
+    bptt_segments: int = 0
+    """Truncated BPTT: detach the state every K segments in forward_sequence; 0 = never (all segments)."""
+
+    # --- auxiliary losses (DESIGN section 3) --------------------------------------------------
+    sparsity: Sparsity = "target"
+    """'target': (mean gate - write_rate)^2; 'l1': mean gate."""
+    write_rate: float = 0.25
+    """Target write rate rho of the sparsity loss."""
+    lambda_sparse: float = 0.1
+    """Weight of the sparsity loss."""
+    lambda_rec: float = 0.01
+    """Weight of the reconstruction loss (decoder d_mem -> d on written candidates)."""
+    lambda_nce: float = 0.01
+    """Weight of the predictive InfoNCE loss (memory before a segment vs. the segment)."""
+    nce_temperature: float = 0.1
+    """Temperature of the InfoNCE logits."""
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> SelmemConfig:
+        """Raise ValueError naming the first impossible field; return self."""
+        for f in fields(self):
+            _check_literal(f.name, getattr(self, f.name), _hint(type(self), f.name))
+        positive = ["vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "max_segment_len",
+                    "slots", "d_mem", "topk", "pool_window", "attnpool_queries",
+                    "cache_transform_layers"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model / n_heads must be even for rotary positions, got {self.d_model // self.n_heads}")
+        if self.d_mem > self.d_model:
+            raise ValueError(f"d_mem ({self.d_mem}) must be <= d_model ({self.d_model})")
+        if self.compress == "none" and self.d_mem != self.d_model:
+            raise ValueError(f"compress='none' writes raw features, so d_mem ({self.d_mem}) must equal d_model ({self.d_model})")
+        if self.cache_transform == "transformer" and self.d_mem % 2:
+            raise ValueError(f"d_mem must be even for the cache transform's 2 heads, got {self.d_mem}")
+        for name in ["usage_decay", "write_rate"]:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ["gumbel_tau", "alloc_temperature", "nce_temperature"]:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "bptt_segments"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        return self
+
+    def state_floats(self) -> int:
+        """Floats one sequence carries between segments: slots + usage + age, all layers."""
+        return self.n_layers * self.slots * (self.d_mem + 2)
+
+    # --- YAML ---------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SelmemConfig:
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SelmemConfig:
+        return from_dict(cls, load_yaml(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _check_literal(name: str, value: Any, hint: Any) -> None:
+    if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+        raise ValueError(f"{name} must be one of {list(typing.get_args(hint))}, got {value!r}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with an error that names the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys by name, then validate()."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; known keys: {sorted(known)}")
+    obj = cls(**data)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj

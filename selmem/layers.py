@@ -1,0 +1,102 @@
+"""Transformer pieces shared by selmem and the baselines.
+
+Legend: B batch, T segment length, S memory-prefix length, d width, H heads, D head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation with a learned gain (no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotary(x: Tensor, offset: int = 0) -> Tensor:
+    """Rotary position embedding over the T axis of x (B, H, T, D), positions offset..offset+T-1."""
+    T, D = x.shape[-2], x.shape[-1]
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2, device=x.device, dtype=x.dtype) / D))
+    ang = torch.arange(offset, offset + T, device=x.device, dtype=x.dtype)[:, None] * inv  # (T, D/2)
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention over a segment, with optional extra keys/values in front.
+
+    The prefix (memory slots, cached states) is past, so every token may see all of it; inside the
+    segment attention is causal when ``causal``. Rotary positions apply to segment tokens only:
+    the prefix is an unordered set. Written out by hand (not SDPA) because the read diagnostics
+    need the attention probabilities on the prefix.
+    """
+
+    def __init__(self, dim: int, n_heads: int, causal: bool = True) -> None:
+        super().__init__()
+        self.n_heads, self.causal = n_heads, causal
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.kv_prefix = nn.Linear(dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, d), prefix (B, S, d) or None -> output (B, T, d), prefix attention (B, T, S) or None
+        (the probability mass each token puts on each prefix entry, mean over heads)."""
+        B, T, d = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(x).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        if rope:
+            q, k = rotary(q), rotary(k)
+        S = 0
+        if prefix is not None:
+            S = prefix.shape[1]
+            pk, pv = self.kv_prefix(prefix).view(B, S, 2, H, d // H).permute(2, 0, 3, 1, 4)
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)  # (B, H, S+T, D)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // H)  # (B, H, T, S+T)
+        if self.causal:
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            mask = torch.cat([torch.zeros(T, S, dtype=torch.bool, device=x.device), future], dim=1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        probs = scores.softmax(-1)
+        y = (probs @ v).transpose(1, 2).reshape(B, T, d)
+        read = probs[..., :S].mean(1) if prefix is not None else None  # (B, T, S)
+        return self.out(y), read
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block whose attention may read a prefix (head A of DESIGN section 1)."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, layer_idx: int = 0, causal: bool = True) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
+        self.prefix_norm = RMSNorm(dim)
+        self.attn = Attention(dim, n_heads, causal=causal)
+        self.mlp = MLP(dim, mlp_ratio * dim)
+
+    def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, d), prefix (B, S, d) or None -> (B, T, d), prefix attention (B, T, S) or None."""
+        p = self.prefix_norm(prefix) if prefix is not None else None
+        a, read = self.attn(self.norm1(x), p, rope=rope)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), read

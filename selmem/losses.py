@@ -1,0 +1,32 @@
+"""Training signals of DESIGN.md section 3, as pure functions.
+
+loss = task + lambda_sparse * sparsity + lambda_rec * reconstruction + lambda_nce * infonce
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def sparsity(gates: list[Tensor], kind: str, rate: float) -> Tensor:
+    """gates: per-layer (B, T) gate values. 'target': (mean g - rate)^2; 'l1': mean g."""
+    g = torch.cat([x.reshape(-1) for x in gates]).mean()
+    return (g - rate) ** 2 if kind == "target" else g
+
+
+def reconstruction(decoded: Tensor, feature: Tensor, gate: Tensor) -> Tensor:
+    """Gate-weighted MSE between decoded candidates (B, C, d) and the (detached) features they
+    compress (B, C, d): only what is written needs to be recoverable."""
+    err = (decoded - feature.detach()).pow(2).mean(-1)  # (B, C)
+    return (gate * err).sum() / gate.sum().clamp_min(1e-6)
+
+
+def infonce(memory: Tensor, future: Tensor, temperature: float) -> Tensor:
+    """Predictive InfoNCE (van den Oord et al. 2018): memory summaries (B, p) must pick out their
+    own sequence's next segment (B, p) among the batch's. Zero for batches of one."""
+    if memory.shape[0] < 2:
+        return memory.sum() * 0.0
+    logits = F.normalize(memory, dim=-1) @ F.normalize(future, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(memory.shape[0], device=memory.device))

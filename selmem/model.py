@@ -1,0 +1,205 @@
+"""SelectiveMemoryTransformer: the forward pass of DESIGN.md section 1, top to bottom.
+
+Legend: B batch, T segment length, N sequence length, L layers, M slots per layer, R hints per
+layer, C write candidates per segment, d model width, d_mem slot width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from selmem import losses
+from selmem.config import SelmemConfig
+from selmem.layers import Block, RMSNorm
+from selmem.memory.address import Address
+from selmem.memory.cache_transform import CacheTransform
+from selmem.memory.compress import Compress
+from selmem.memory.read import Read
+from selmem.memory.select import Select
+from selmem.memory.update import update
+from selmem.state import MemoryState
+
+
+@dataclass
+class Output:
+    """What ``forward`` returns.
+
+    logits: (B, T, V) for a segment, (B, N, V) from forward_sequence.
+    state:  the MemoryState after the segment(s).
+    stats:  diagnostics, detached. forward: {"start": (B,) position of the segment's first token,
+            "layers": [per-layer dict]}; forward_sequence: {"segments": [forward's stats, ...]}.
+            A layer's dict: gate (B, T), score (B, T), cand_gate (B, C), cand_pos (B, C) absolute,
+            write (B, C, M) = g_t * w_tj, contrib (B, C, M) final share of candidate t in slot j,
+            kept (B, M), read (B, T, M+R) read attention on the prefix or None,
+            provenance_read (B, M) provenance of the slots that were read, then the state after
+            the write: usage, age, provenance (B, M).
+    losses: unweighted auxiliary losses 'sparsity', 'reconstruction', 'infonce', and 'aux', their
+            weighted sum, to add to the task loss.
+    """
+
+    logits: Tensor
+    state: MemoryState
+    stats: dict[str, Any]
+    losses: dict[str, Tensor]
+
+
+class SelectiveMemoryTransformer(nn.Module):
+    """A causal Transformer whose every layer owns a selectively written bank of memory slots."""
+
+    def __init__(self, cfg: SelmemConfig) -> None:
+        super().__init__()
+        self.cfg = cfg.validate()
+        L, M, d, dm = cfg.n_layers, cfg.slots, cfg.d_model, cfg.d_mem
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_ratio, layer_idx=l) for l in range(L))
+        self.read = nn.ModuleList(Read(cfg) for _ in range(L))
+        self.select = nn.ModuleList(Select(cfg) for _ in range(L))
+        self.compress = nn.ModuleList(Compress(cfg) for _ in range(L))
+        self.address = nn.ModuleList(Address(cfg, l) for l in range(L))
+        self.decoder = nn.ModuleList(nn.Linear(dm, d) for _ in range(L))  # reconstruction loss
+        self.cache_transform = CacheTransform(cfg)
+        # learned initial slots: distinct, unit-RMS like the (RMS-normed) candidates
+        self.init_slots = nn.Parameter(torch.randn(L, M, dm))
+        self.slot_decay = nn.Parameter(torch.full((L, M), 4.0)) if cfg.slot_decay else None
+        self.nce_memory, self.nce_segment = nn.Linear(dm, d), nn.Linear(d, d)
+        self.norm = RMSNorm(d)
+        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+
+    # ------------------------------------------------------------------------------------------
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
+        """A fresh state for ``batch_size`` streams. Its slots stay attached to the learned
+        initial slots, so they receive gradients."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        device = device or self.init_slots.device
+        L, M, _ = self.init_slots.shape
+        zeros = torch.zeros(L, batch_size, M, device=device, dtype=self.init_slots.dtype)
+        return MemoryState(
+            slots=self.init_slots.to(device).unsqueeze(1).expand(L, batch_size, *self.init_slots.shape[1:]),
+            usage=zeros, age=zeros.clone(),
+            provenance=torch.full((L, batch_size, M), -1, dtype=torch.long, device=device),
+            position=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def state_size(self) -> int:
+        """Floats carried per sequence between segments."""
+        return self.cfg.state_floats()
+
+    # ------------------------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, state: MemoryState | None = None) -> Output:
+        """Process one segment. tokens (B, T) long, T <= max_segment_len."""
+        state = self._check(tokens, state)
+        cfg, M = self.cfg, self.cfg.slots
+        T = tokens.shape[1]
+        pos = state.position[:, None] + torch.arange(T, device=tokens.device)  # (B, T) absolute
+        hints = self.cache_transform(state.slots)  # (L, B, R, d_mem) or None: top-down hints
+        h = self.embed(tokens)  # (B, T, d)
+        new, layer_stats, gates, rec = [], [], [], []
+        for l, block in enumerate(self.blocks):
+            slots, usage, age = state.slots[l], state.usage[l], state.age[l]
+            prefix = self.read[l](slots, None if hints is None else hints[l])  # memory before writes
+            h, read = block(h, prefix)  # head A: (B, T, d), read attention (B, T, M+R)
+            g, score = self.select[l](h)  # head B: (B, T)
+            cand = self.compress[l](h, g)  # (B, C, d_mem) candidates
+            cand_pos = pos.gather(1, cand.position)  # (B, C)
+            w = self.address[l](cand.values, cand.gate, slots, usage, age, cand_pos)  # (B, C, M)
+            a = cand.gate[..., None] * w  # (B, C, M) write strength
+            read_mass = read[..., :M].mean(1) if read is not None else torch.zeros_like(usage)
+            decay = torch.sigmoid(self.slot_decay[l]) if self.slot_decay is not None else None
+            out = update(slots, usage, age, state.provenance[l], cand.values, a, cand_pos,
+                         read_mass, cfg.usage_decay, decay)
+            new.append(out)
+            gates.append(g)
+            rec.append(losses.reconstruction(self.decoder[l](cand.values), cand.feature, cand.gate))
+            layer_stats.append(_detached(gate=g, score=score, cand_gate=cand.gate, cand_pos=cand_pos,
+                                         write=a, contrib=out.contrib, kept=out.kept, read=read,
+                                         provenance_read=state.provenance[l], usage=out.usage,
+                                         age=out.age, provenance=out.provenance))
+        logits = self.head(self.norm(h))  # (B, T, V)
+        new_state = MemoryState(
+            slots=torch.stack([o.slots for o in new]), usage=torch.stack([o.usage for o in new]),
+            age=torch.stack([o.age for o in new]), provenance=torch.stack([o.provenance for o in new]),
+            position=state.position + T,
+        )
+        aux = self._losses(tokens, state, gates, rec)
+        return Output(logits, new_state, {"start": state.position.clone(), "layers": layer_stats}, aux)
+
+    def _losses(self, tokens: Tensor, state: MemoryState, gates: list[Tensor], rec: list[Tensor]) -> dict[str, Tensor]:
+        cfg = self.cfg
+        sparse = losses.sparsity(gates, cfg.sparsity, cfg.write_rate)
+        recon = torch.stack(rec).mean()
+        if bool((state.position > 0).all()):  # the memory has seen a segment: can it predict this one?
+            memory = self.nce_memory(state.slots.mean(dim=(0, 2)))  # (B, d)
+            segment = self.nce_segment(self.embed(tokens).mean(1))  # (B, d)
+            nce = losses.infonce(memory, segment, cfg.nce_temperature)
+        else:
+            nce = sparse * 0.0
+        aux = cfg.lambda_sparse * sparse + cfg.lambda_rec * recon + cfg.lambda_nce * nce
+        return {"sparsity": sparse, "reconstruction": recon, "infonce": nce, "aux": aux}
+
+    # ------------------------------------------------------------------------------------------
+    def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,
+                         state: MemoryState | None = None) -> Output:
+        """Stream a whole sequence (B, N) through ``forward`` in segments of ``segment_len``
+        (default max_segment_len; the last may be shorter), detaching the state every
+        ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments."""
+        seg = segment_len or self.cfg.max_segment_len
+        if not 1 <= seg <= self.cfg.max_segment_len:
+            raise ValueError(f"segment_len must be in [1, max_segment_len={self.cfg.max_segment_len}], got {seg}")
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+            raise ValueError(f"tokens must be a (batch, length) tensor, got {_describe(tokens)}")
+        outs: list[Output] = []
+        K = self.cfg.bptt_segments
+        for i, start in enumerate(range(0, tokens.shape[1], seg)):
+            if K and i and i % K == 0:
+                state = state.detach()  # truncated BPTT boundary
+            out = self(tokens[:, start : start + seg], state)
+            state = out.state
+            outs.append(out)
+        if not outs:
+            raise ValueError("tokens is empty: a sequence needs at least one token")
+        logits = torch.cat([o.logits for o in outs], dim=1)
+        aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
+        return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux)
+
+    def _check(self, tokens: Tensor, state: MemoryState | None) -> MemoryState:
+        """Validate a segment and its state at the boundary, with messages that say what to pass."""
+        cfg = self.cfg
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+        if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise TypeError(f"tokens must be an integer tensor of token ids, got dtype {tokens.dtype}")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (batch, segment_len), got {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        if T == 0:
+            raise ValueError("empty segment: tokens has length 0 along the segment axis")
+        if T > cfg.max_segment_len:
+            raise ValueError(f"segment of length {T} exceeds max_segment_len={cfg.max_segment_len}; "
+                             "use forward_sequence(tokens, segment_len) to stream a longer input")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, vocab_size={cfg.vocab_size}), got range [{lo}, {hi}]")
+        if state is None:
+            return self.init_state(B, tokens.device)
+        if not isinstance(state, MemoryState):
+            raise TypeError(f"state must be a MemoryState (from model.init_state), got {type(state).__name__}")
+        if state.batch_size != B:
+            raise ValueError(f"state was made for batch size {state.batch_size}, but tokens have batch size {B}")
+        want = (cfg.n_layers, B, cfg.slots, cfg.d_mem)
+        if tuple(state.slots.shape) != want:
+            raise ValueError(f"state does not fit this model: slots {tuple(state.slots.shape)}, "
+                             f"expected (n_layers, batch, slots, d_mem) = {want}")
+        return state
+
+
+def _detached(**tensors: Tensor | None) -> dict[str, Tensor | None]:
+    return {k: (v.detach() if v is not None else None) for k, v in tensors.items()}
+
+
+def _describe(x: Any) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__

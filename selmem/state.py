@@ -1,0 +1,75 @@
+"""MemoryState: everything a sequence carries from one segment to the next.
+
+Legend: L layers, B batch, M slots per layer, d_mem slot width.
+
+The cross-layer hints of DESIGN section 1 are a deterministic function of the slots (the cache
+transform applied to them), so the model recomputes them at the start of each segment instead of
+carrying them: carrying them would double the state without adding information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+
+@dataclass
+class MemoryState:
+    """Per-layer memory banks of a batch of streams.
+
+    slots:      (L, B, M, d_mem) slot contents.
+    usage:      (L, B, M) decayed written + read mass; allocation prefers low usage.
+    age:        (L, B, M) segments since a slot's content was written, weighted by how much of it
+                survived (a fully overwritten slot has age 0 after its segment).
+    provenance: (L, B, M) long, absolute input position that contributed most to a slot's content
+                (-1 = still the initial content). Diagnostics only; the model never reads it.
+    position:   (B,) long, tokens streamed so far (absolute position of the next segment's start).
+    """
+
+    slots: Tensor
+    usage: Tensor
+    age: Tensor
+    provenance: Tensor
+    position: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.slots.shape[1]
+
+    @property
+    def n_layers(self) -> int:
+        return self.slots.shape[0]
+
+    def num_floats(self) -> int:
+        """Floats carried per sequence between segments (slots, usage and age; provenance and
+        position are bookkeeping integers). Constant in the input length."""
+        L, _, M, d_mem = self.slots.shape
+        return L * M * (d_mem + 2)
+
+    def detach(self) -> MemoryState:
+        """The truncated-BPTT boundary: same values, no graph to earlier segments."""
+        return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> MemoryState:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def save(self, path: str | Path) -> None:
+        """Write the state as safetensors (atomically: a crash never leaves half a file)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tensors = {f.name: getattr(self, f.name).detach().contiguous().cpu() for f in fields(self)}
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> MemoryState:
+        """Read a state written by ``save``; raises ValueError naming a missing tensor."""
+        tensors = load_file(str(path), device=str(device))
+        missing = [f.name for f in fields(cls) if f.name not in tensors]
+        if missing:
+            raise ValueError(f"{path} is not a MemoryState file: missing {missing}")
+        return cls(**{f.name: tensors[f.name] for f in fields(cls)})
