@@ -177,3 +177,60 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     if callable(validate):
         validate()
     return obj
+
+
+@dataclass
+class TrainConfig:
+    """One training run: optimisation, evaluation, budget and where the run folder goes."""
+
+    steps: int = 2000
+    """Optimiser steps (one batch each)."""
+    batch_size: int = 32
+    lr: float = 3e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to matrices only (not norms, biases, embeddings of slots)."""
+    warmup: int = 100
+    """Linear warmup steps, then cosine decay to min_lr_ratio * lr."""
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    segment_len: int = 0
+    """Segment length T used to stream each sequence; 0 = the task's segment length, else max_segment_len."""
+    eval_every: int = 250
+    """Evaluate on the fixed test set every this many steps (and at the end)."""
+    eval_batches: int = 8
+    """Test batches per evaluation (a fixed set: test batch indices 0..eval_batches-1)."""
+    time_budget_s: float = 0.0
+    """Stop training after this many seconds of wall time (0 = no limit); compare uses it."""
+    seed: int = 0
+    """Seeds model init and training noise (tasks carry their own data seed)."""
+    threads: int = 0
+    """torch threads (0 = leave torch's default)."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
+    out_dir: str = "runs"
+    name: str = ""
+    """Run folder name under out_dir; empty = <model>-<task>-<timestamp>."""
+    resume: bool = False
+    """Continue the run in out_dir/name from its last checkpoint."""
+    log_every: int = 25
+    """Write a metrics line (and refresh the progress bar) every this many steps."""
+    progress: bool = True
+    """Show a progress line on stderr."""
+
+    def validate(self) -> TrainConfig:
+        for name in ["steps", "batch_size", "eval_every", "eval_batches", "log_every"]:
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ["lr"]:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        for name in ["weight_decay", "warmup", "grad_clip", "segment_len", "time_budget_s", "threads"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.resume and not self.name:
+            raise ValueError("train.resume needs train.name: the run folder to continue")
+        return self

@@ -1,0 +1,7 @@
+"""python -m selmem  ->  selmem.cli.main()"""
+
+import sys
+
+from selmem.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""Command line: ``selmem <command> [--config FILE.yaml] [--field.sub value ...]``.
+
+Every config field can be set in YAML and overridden on the command line (tyro); ``--help``
+after a command lists the fields with their docstrings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import tyro
+
+USAGE = """usage: selmem <command> [options]
+
+commands:
+  train     train a model on a task            selmem train --config configs/recall.yaml
+  eval      evaluate a run's checkpoint        selmem eval runs/NAME
+  inspect   pictures of what the memory holds  selmem inspect runs/NAME
+  compare   several models, same budget        selmem compare --config configs/recall.yaml
+  tasks     list tasks and their parameters    selmem tasks
+
+`selmem <command> --help` lists every option."""
+
+
+def pop_config(args: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``--config PATH`` (or ``--config=PATH``) out of ``args``."""
+    rest, path, i = [], None, 0
+    while i < len(args):
+        if args[i] == "--config":
+            if i + 1 >= len(args):
+                raise ValueError("--config needs a YAML file path")
+            path, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--config="):
+            path = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    return path, rest
+
+
+def parse_experiment(args: list[str], prog: str):
+    from selmem.experiment import ExperimentConfig
+
+    path, rest = pop_config(args)
+    default = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
+    return tyro.cli(ExperimentConfig, args=rest, default=default, prog=prog,
+                    description="Train a model on a task. Start from --config FILE.yaml, override any field.")
+
+
+def cmd_train(args: list[str]) -> int:
+    from selmem.train.loop import train
+
+    exp = parse_experiment(args, "selmem train")
+    res = train(exp)
+    test = res["test"]
+    print(f"\nrun folder: {res['run_dir']}")
+    print(f"{res['arch']} on {res['task']}: {res['steps']} steps in {res['wall_s']:.0f} s, "
+          f"{res['params']:,} params, {res['state_floats']:,} floats of carried state")
+    if res["chance"] is not None:
+        print(f"test answer accuracy {test['accuracy']:.1%}   (chance {res['chance']:.1%})")
+    else:
+        print(f"test loss {test['bits_per_token']:.3f} bits per token")
+    return 0
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate a run's checkpoint on its task's fixed test set."""
+
+    run: tyro.conf.Positional[str]
+    """Run folder (runs/NAME)."""
+    ckpt: str = "best"
+    """Which checkpoint: best or last."""
+    batches: int = 0
+    """Test batches (0 = the run's train.eval_batches)."""
+    task_set: list[str] = field(default_factory=list)
+    """Task overrides as key=value, e.g. length=2048 to test length generalisation."""
+
+
+def load_run(run: str | Path, ckpt: str = "best", task_set: list[str] | None = None):
+    """(experiment, model with the checkpoint's weights, task) of a run folder."""
+    from selmem.experiment import ExperimentConfig, build
+    from selmem.train.checkpoint import load_model_weights
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run} is not a run folder: no config.yaml")
+    exp = ExperimentConfig.from_yaml(run / "config.yaml")
+    if task_set:
+        updates = {}
+        for item in task_set:
+            key, sep, value = item.partition("=")
+            if not sep or not hasattr(exp.task, key):
+                raise ValueError(f"--task-set expects key=value with a field of task {exp.task.name}, got {item!r}")
+            updates[key] = type(getattr(exp.task, key))(value)
+        exp = replace(exp, task=replace(exp.task, **updates))
+    exp = exp.resolved()
+    model, task = build(exp)
+    load_model_weights(run / "ckpt" / ckpt, model)
+    return exp, model.eval(), task
+
+
+def cmd_eval(args: list[str]) -> int:
+    from selmem.train.loop import evaluate, resolve_device
+
+    a = tyro.cli(EvalArgs, args=args, prog="selmem eval")
+    exp, model, task = load_run(a.run, a.ckpt, a.task_set)
+    device = resolve_device(exp.train.device)
+    test = task.test_set(a.batches or exp.train.eval_batches, exp.train.batch_size)
+    result = evaluate(model.to(device), test, exp.segment_len(), device)
+    result["chance"] = task.chance
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_tasks(args: list[str]) -> int:
+    from selmem.tasks import describe_tasks
+
+    print(describe_tasks())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": cmd_train, "eval": cmd_eval, "tasks": cmd_tasks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"selmem: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[cmd](rest)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"selmem {cmd}: error: {e}", file=sys.stderr)
+        return 2

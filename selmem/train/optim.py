@@ -1,0 +1,41 @@
+"""AdamW with decay on matrices only, and a warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from selmem.config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Weight decay on >= 2-D weights except embeddings and learned slots (nanoGPT's rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.dim() < 2 or "embed" in name or "init_slots" in name or "emb" in name
+        (no_decay if plain else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+class WarmupCosine:
+    """lr multiplier: linear 0 -> 1 over ``warmup`` steps, cosine 1 -> min_ratio until ``steps``.
+    A callable object (not a lambda) so the scheduler's state dict stays plain data."""
+
+    def __init__(self, warmup: int, steps: int, min_ratio: float) -> None:
+        self.warmup, self.steps, self.min_ratio = warmup, steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(cfg.warmup, cfg.steps, cfg.min_lr_ratio))
