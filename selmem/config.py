@@ -38,6 +38,9 @@ class SelmemConfig:
     """Attention heads H of every block."""
     mlp_ratio: int = 4
     """MLP hidden width = mlp_ratio * d_model."""
+    short_conv: int = 4
+    """Kernel of a causal depthwise convolution before each block's attention (0 or 1 = none):
+    binds each token to its neighbours, the key to its value in recall (Zoology)."""
     max_segment_len: int = 64
     """Longest segment T that forward() accepts; forward_sequence cuts inputs into segments of at most this."""
 

@@ -43,11 +43,12 @@ class Attention(nn.Module):
     need the attention probabilities on the prefix.
     """
 
-    def __init__(self, dim: int, n_heads: int, causal: bool = True) -> None:
+    def __init__(self, dim: int, n_heads: int, causal: bool = True, prefix: bool = True) -> None:
         super().__init__()
         self.n_heads, self.causal = n_heads, causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.kv_prefix = nn.Linear(dim, 2 * dim, bias=False)
+        # only built when a prefix will be read: unused parameters break DDP and skew param counts
+        self.kv_prefix = nn.Linear(dim, 2 * dim, bias=False) if prefix else None
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True) -> tuple[Tensor, Tensor | None]:
@@ -60,6 +61,8 @@ class Attention(nn.Module):
             q, k = rotary(q), rotary(k)
         S = 0
         if prefix is not None:
+            if self.kv_prefix is None:
+                raise ValueError("this Attention was built with prefix=False and cannot read a prefix")
             S = prefix.shape[1]
             pk, pv = self.kv_prefix(prefix).view(B, S, 2, H, d // H).permute(2, 0, 3, 1, 4)
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)  # (B, H, S+T, D)
@@ -83,20 +86,42 @@ class MLP(nn.Module):
         return self.down(F.gelu(self.up(x)))
 
 
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over the segment (kernel k): each position mixes in the k-1
+    tokens before it. Zoology (Arora et al. 2023) found such short convolutions are what lets
+    efficient models bind a key to the value next to it in associative recall; H3, Hyena, Mamba
+    and Based all carry one. Zero-padded at the segment start, so streaming stays exact."""
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(dim, dim, kernel, groups=dim, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, d) -> (B, T, d)."""
+        y = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))
+        return self.conv(y).transpose(1, 2)
+
+
 class Block(nn.Module):
     """Pre-norm Transformer block whose attention may read a prefix (head A of DESIGN section 1)."""
 
-    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, layer_idx: int = 0, causal: bool = True) -> None:
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, layer_idx: int = 0, causal: bool = True,
+                 prefix: bool = True, conv_kernel: int = 0) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.conv = ShortConv(dim, conv_kernel) if conv_kernel > 1 else None
+        self.norm0 = RMSNorm(dim) if self.conv is not None else None
         self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
-        self.prefix_norm = RMSNorm(dim)
-        self.attn = Attention(dim, n_heads, causal=causal)
+        self.prefix_norm = RMSNorm(dim) if prefix else None  # prefix=False: never reads one
+        self.attn = Attention(dim, n_heads, causal=causal, prefix=prefix)
         self.mlp = MLP(dim, mlp_ratio * dim)
 
     def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True) -> tuple[Tensor, Tensor | None]:
         """x (B, T, d), prefix (B, S, d) or None -> (B, T, d), prefix attention (B, T, S) or None."""
-        p = self.prefix_norm(prefix) if prefix is not None else None
+        if self.conv is not None:
+            x = x + self.conv(self.norm0(x))
+        p = self.prefix_norm(prefix) if prefix is not None and self.prefix_norm is not None else prefix
         a, read = self.attn(self.norm1(x), p, rope=rope)
         x = x + a
         return x + self.mlp(self.norm2(x)), read

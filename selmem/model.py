@@ -55,7 +55,9 @@ class SelectiveMemoryTransformer(nn.Module):
         self.cfg = cfg.validate()
         L, M, d, dm = cfg.n_layers, cfg.slots, cfg.d_model, cfg.d_mem
         self.embed = nn.Embedding(cfg.vocab_size, d)
-        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_ratio, layer_idx=l) for l in range(L))
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_ratio, layer_idx=l,
+                                          prefix=cfg.read == "on", conv_kernel=cfg.short_conv)
+                                    for l in range(L))
         self.read = nn.ModuleList(Read(cfg) for _ in range(L))
         self.select = nn.ModuleList(Select(cfg) for _ in range(L))
         self.compress = nn.ModuleList(Compress(cfg) for _ in range(L))
@@ -93,6 +95,7 @@ class SelectiveMemoryTransformer(nn.Module):
     def forward(self, tokens: Tensor, state: MemoryState | None = None) -> Output:
         """Process one segment. tokens (B, T) long, T <= max_segment_len."""
         state = self._check(tokens, state)
+        tokens = tokens.long()  # _check accepts int16/uint8 ids too; nn.Embedding takes int64/int32 only
         cfg, M = self.cfg, self.cfg.slots
         T = tokens.shape[1]
         pos = state.position[:, None] + torch.arange(T, device=tokens.device)  # (B, T) absolute

@@ -26,7 +26,8 @@ class CacheTransform(nn.Module):
 
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()
-        self.enabled = cfg.cache_transform == "transformer"
+        # hints are only ever read, so read='off' leaves nothing for the transform to do
+        self.enabled = cfg.cache_transform == "transformer" and cfg.read == "on"
         self.meta = cfg.meta_cache
         if not self.enabled:
             return
@@ -34,7 +35,7 @@ class CacheTransform(nn.Module):
         self.layer_emb = nn.Parameter(torch.randn(L, 1, 1, dm) * 0.02)
         self.slot_emb = nn.Parameter(torch.randn(1, 1, M, dm) * 0.02)
         self.meta_token = nn.Parameter(torch.randn(1, 1, dm) * 0.02) if self.meta else None
-        self.blocks = nn.ModuleList(Block(dm, 2, mlp_ratio=2, causal=False)
+        self.blocks = nn.ModuleList(Block(dm, 2, mlp_ratio=2, causal=False, prefix=False)
                                     for _ in range(cfg.cache_transform_layers))
         self.norm = RMSNorm(dm)
 

@@ -20,8 +20,10 @@ class Read(nn.Module):
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()
         self.enabled = cfg.read == "on"
-        self.up = nn.Linear(cfg.d_mem, cfg.d_model)
-        self.up_hint = nn.Linear(cfg.d_mem, cfg.d_model)
+        # built only when used: unused parameters break DDP and skew parameter counts
+        self.up = nn.Linear(cfg.d_mem, cfg.d_model) if self.enabled else None
+        hints = self.enabled and cfg.cache_transform == "transformer"
+        self.up_hint = nn.Linear(cfg.d_mem, cfg.d_model) if hints else None
 
     def forward(self, slots: Tensor, hints: Tensor | None) -> Tensor | None:
         if not self.enabled:

@@ -23,8 +23,9 @@ from selmem.config import SelmemConfig
 
 
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
-    """Forward value ``hard``, gradient of ``soft``."""
-    return hard + soft - soft.detach()
+    """Forward value ``hard``, gradient of ``soft``. The brackets matter: (soft - soft) is exactly 0,
+    whereas (hard + soft) - soft rounds, giving gates like 1 + 2^-52 that break the convex update."""
+    return hard + (soft - soft.detach())
 
 
 def soft(s: Tensor, head: Select) -> Tensor:
@@ -62,12 +63,15 @@ class Select(nn.Module):
         super().__init__()
         self.gate = SELECT[cfg.select]
         self.k, self.gumbel_tau = cfg.topk, cfg.gumbel_tau
-        self.score = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model // 2), nn.GELU(),
-                                   nn.Linear(cfg.d_model // 2, 1))
-        # start writing at a moderate rate (sigmoid(0.5) ~ 0.62) so early training sees memory
-        nn.init.constant_(self.score[-1].bias, 0.5)
-        self.threshold = nn.Parameter(torch.zeros(()))  # learned tau of 'threshold'
+        self.score: nn.Sequential | None = None  # 'all' scores nothing: its score is 0
+        if cfg.select != "all":
+            self.score = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model // 2), nn.GELU(),
+                                       nn.Linear(cfg.d_model // 2, 1))
+            # start writing at a moderate rate (sigmoid(0.5) ~ 0.62) so early training sees memory
+            nn.init.constant_(self.score[-1].bias, 0.5)
+        # learned tau of 'threshold' (only there: an unused parameter breaks DDP)
+        self.threshold = nn.Parameter(torch.zeros(())) if cfg.select == "threshold" else None
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        s = self.score(y).squeeze(-1)  # (B, T)
+        s = self.score(y).squeeze(-1) if self.score is not None else y.new_zeros(y.shape[:2])  # (B, T)
         return self.gate(s, self), s

@@ -129,10 +129,10 @@ class Trainer:
             out_of_time = bool(tc.time_budget_s) and time.time() - start > tc.time_budget_s
             if step % tc.log_every == 0 or step == tc.steps or out_of_time:
                 now = time.time()
-                rec = {"step": step, "split": "train", "loss": float(loss), "accuracy": int(right) / n,
+                rec = {"step": step, "split": "train", "loss": float(loss.detach()), "accuracy": int(right) / n,
                        "lr": sched.get_last_lr()[0], "tokens_per_s": tokens / max(now - t_log, 1e-9),
                        "elapsed": now - start,
-                       **{f"aux/{k}": float(v) for k, v in out.losses.items()},
+                       **{f"aux/{k}": float(v.detach()) for k, v in out.losses.items()},
                        **memory_metrics(out.stats, batch)}
                 logger.log(rec)
                 tokens, t_log = 0, now

@@ -1,0 +1,133 @@
+"""Byte-level language modelling of real source code: the running interpreter's stdlib.
+
+Corpus: the sorted ``.py`` files of ``sysconfig.get_paths()["stdlib"]`` without test suites,
+idlelib, lib2to3, encodings, pydoc_data and site-packages, capped at ``max_bytes`` (the longest
+prefix of the sorted list that fits; see :mod:`selmem.tasks.stdlib`). A file is held out for test
+when ``crc32(relative path) % 10 == 0``. The corpus depends on the Python version: record it.
+
+Ids are raw bytes, ``vocab_size = 256``; PAD (0) doubles as the NUL byte, which no corpus file
+contains. ``seq_len`` bytes per row; ``targets[t] = tokens[t+1]`` (next byte); ``loss_mask`` is
+True wherever a next byte exists in the same file (a crop at a file's end is PAD-filled and
+masked). ``relevant`` and ``source`` are None: in language modelling no single span is the answer.
+
+- train: a file is drawn with probability proportional to its length, then a uniform offset
+  ``o in [0, max(0, len - seq_len - 1)]``; the row is ``file[o : o + seq_len + 1]`` shifted.
+- test: the held-out files cut into consecutive chunks at offsets ``0, seq_len, 2*seq_len, ...``
+  in file order; batch ``i`` holds chunks ``i*B .. i*B+B-1`` (modulo the number of chunks), so
+  ``test_set(ceil(num_test_chunks() / B), B)`` predicts every held-out byte except each file's
+  first (the last batch wraps around and repeats a few chunks).
+
+Worked example, ``CodeLMTask(seq_len=8)`` on a file starting ``b"import os\\n"``, offset 0::
+
+    tokens     i  m  p  o  r  t  ' '  o        (ids 105 109 112 111 114 116 32 111)
+    targets    m  p  o  r  t  ' '  o  s
+    loss_mask  all True
+
+Bits per byte are the trainer's business; ``chance`` is None (no classification).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import ClassVar
+
+import numpy as np
+
+from selmem.tasks.base import SPLIT_IDS, Batch, Task
+from selmem.tasks.common import PAD, check_batch_args, check_int, make_batch
+from selmem.tasks.stdlib import is_test_path, stdlib_files
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """One split's files as a single byte array: file f is ``data[starts[f]:ends[f]]``."""
+
+    paths: tuple[str, ...]
+    data: np.ndarray  # (total,) uint8
+    starts: np.ndarray  # (F,) int64
+    ends: np.ndarray  # (F,) int64
+
+
+@lru_cache(maxsize=8)
+def load_corpus(split: str, max_bytes: int) -> Corpus:
+    """The files of ``split`` ("train"/"test") among the first ``max_bytes`` of the stdlib."""
+    if split not in SPLIT_IDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
+    files = [
+        (p, s) for p, s in stdlib_files(max_bytes) if is_test_path(p) == (split == "test") and s
+    ]
+    if not files:
+        raise ValueError(f"max_bytes={max_bytes} leaves no {split} files; raise max_bytes")
+    lengths = np.array([len(s) for _, s in files], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    data = np.frombuffer(b"".join(s for _, s in files), dtype=np.uint8)
+    return Corpus(tuple(p for p, _ in files), data, ends - lengths, ends)
+
+
+def _rows(corpus: Corpus, files: np.ndarray, offsets: np.ndarray, seq_len: int) -> np.ndarray:
+    """(B, seq_len + 1) byte windows ``file[o : o + seq_len + 1]``, PAD past a file's end."""
+    rows = np.full((len(files), seq_len + 1), PAD, dtype=np.int64)
+    for b, (f, o) in enumerate(zip(files, offsets, strict=True)):
+        chunk = corpus.data[
+            corpus.starts[f] + o : min(corpus.ends[f], corpus.starts[f] + o + seq_len + 1)
+        ]
+        rows[b, : len(chunk)] = chunk
+    return rows
+
+
+@dataclass
+class CodeLMTask(Task):
+    """Predict the next byte of Python standard library source code."""
+
+    name: ClassVar[str] = "code-lm"
+
+    seq_len: int = 512
+    """Bytes per row (the model sees seq_len bytes and predicts each one's successor)."""
+    max_bytes: int = 8_000_000
+    """Cap on the corpus read from disk (first files of the sorted list), to keep loading fast."""
+    seed: int = 0
+    """Seed of the train stream (the test chunks are enumerated in order)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Raw bytes; PAD is the (absent) NUL byte."""
+        return 256
+
+    @property
+    def chance(self) -> None:
+        """Language modelling: report bits per byte, not accuracy against chance."""
+        return None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible field."""
+        check_int("seq_len", self.seq_len, 1)
+        check_int("max_bytes", self.max_bytes, 1)
+        check_int("seed", self.seed, 0)
+
+    def num_test_chunks(self) -> int:
+        """How many distinct test chunks there are (the test split's natural size)."""
+        corpus = load_corpus("test", self.max_bytes)
+        return int(np.sum(-(-(corpus.ends - corpus.starts) // self.seq_len)))
+
+    def batch(self, split: str, index: int, batch_size: int) -> Batch:
+        """Batch ``index`` of ``split``: a pure function of the parameters, split and index."""
+        self.validate()
+        check_batch_args(index, batch_size)
+        corpus = load_corpus(split, self.max_bytes)
+        lengths = corpus.ends - corpus.starts  # (F,)
+        if split == "train":
+            rng = self.rng(split, index)
+            files = rng.choice(len(lengths), size=batch_size, p=lengths / lengths.sum())
+            # o <= len - seq_len - 1, so the window's seq_len + 1 bytes fit in the file
+            offsets = rng.integers(0, np.maximum(lengths[files] - self.seq_len, 1))
+        else:
+            per_file = -(-lengths // self.seq_len)  # chunks per test file, ceil
+            chunk_ids = (index * batch_size + np.arange(batch_size)) % per_file.sum()
+            files = np.searchsorted(np.cumsum(per_file), chunk_ids, side="right")
+            offsets = (chunk_ids - (np.cumsum(per_file) - per_file)[files]) * self.seq_len
+        rows = _rows(corpus, files, offsets, self.seq_len)  # (B, seq_len + 1)
+        tokens, targets = rows[:, :-1], rows[:, 1:]
+        # a next byte exists at t iff offset + t + 1 < file length
+        loss_mask = offsets[:, None] + np.arange(1, self.seq_len + 1) < lengths[files][:, None]
+        return make_batch(tokens, targets, loss_mask)
