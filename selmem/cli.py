@@ -118,6 +118,18 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_compare(args: list[str]) -> int:
+    from selmem.analysis.compare import CompareArgs, CompareConfig, compare
+    from selmem.experiment import ExperimentConfig
+
+    path, rest = pop_config(args)
+    base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
+    a = tyro.cli(CompareArgs, args=rest, default=CompareArgs(CompareConfig(), base), prog="selmem compare")
+    out_dir, table = compare(a.exp, a.compare)
+    print(f"\n{table}\n\nwritten to {out_dir}/ (results.md, results.csv, curves.png, state.png)")
+    return 0
+
+
 def cmd_tasks(args: list[str]) -> int:
     from selmem.tasks import describe_tasks
 
@@ -125,7 +137,9 @@ def cmd_tasks(args: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": cmd_train, "eval": cmd_eval, "tasks": cmd_tasks}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "tasks": cmd_tasks,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

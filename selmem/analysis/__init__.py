@@ -1,0 +1,1 @@
+"""Comparisons, reports, inspection and plots (matplotlib is imported only where it is used)."""

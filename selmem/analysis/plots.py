@@ -1,0 +1,62 @@
+"""Plots of run folders. matplotlib is an optional extra, imported here only."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from selmem.train.run import read_metrics
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_compare(out_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
+    """``curves.png``: test metric vs step per model (seeds averaged at shared steps);
+    ``state.png``: final test metric vs carried state floats, one point per model."""
+    plt = _pyplot()
+    lm = results[0]["chance"] is None
+    key = "bits_per_token" if lm else "accuracy"
+    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        for rec in read_metrics(r["run_dir"]):
+            if rec.get("split") == "test":
+                curves[r["arch"]][rec["step"]].append(rec[key])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arch, by_step in curves.items():
+        steps = sorted(by_step)
+        ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], marker="o", ms=3, label=arch)
+    if not lm:
+        ax.axhline(results[0]["chance"], color="grey", ls=":", label="chance")
+    ax.set(xlabel="training step", ylabel=f"test {key.replace('_', ' ')}", title=results[0]["task"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [out_dir / "curves.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    final: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in results:
+        final[r["arch"]].append((r["state_floats"], r["test"][key]))
+    for arch, pts in final.items():
+        by_size: dict[int, list[float]] = defaultdict(list)
+        for size, v in pts:
+            by_size[size].append(v)
+        sizes = sorted(by_size)
+        ax.plot(sizes, [sum(by_size[s]) / len(by_size[s]) for s in sizes], marker="o", label=arch)
+    ax.set(xscale="symlog", xlabel="carried state (floats per sequence)", ylabel=f"test {key.replace('_', ' ')}",
+           title="metric vs. state size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "state.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
