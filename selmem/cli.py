@@ -21,6 +21,7 @@ commands:
   eval      evaluate a run's checkpoint        selmem eval runs/NAME
   inspect   pictures of what the memory holds  selmem inspect runs/NAME
   compare   several models, same budget        selmem compare --config configs/recall.yaml
+  report    comparisons -> docs/RESULTS.md      selmem report runs/compare-NAME
   tasks     list tasks and their parameters    selmem tasks
 
 `selmem <command> --help` lists every option."""
@@ -118,6 +119,29 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+@dataclass
+class InspectArgs:
+    """Pictures of what a run's memory selects, holds and reads, on a few test sequences."""
+
+    run: tyro.conf.Positional[str]
+    """Run folder (runs/NAME) or a checkpoint folder inside one (runs/NAME/ckpt/best)."""
+    ckpt: str = ""
+    """Which checkpoint: best or last (default: the one named by the path, else best)."""
+    examples: int = 4
+    """Test sequences to run and show."""
+    out: str = ""
+    """Output folder (default RUN/inspect)."""
+
+
+def cmd_inspect(args: list[str]) -> int:
+    from selmem.analysis.inspect import inspect_run
+
+    a = tyro.cli(InspectArgs, args=args, prog="selmem inspect")
+    page = inspect_run(a.run, a.ckpt or None, a.examples, a.out or None)
+    print(f"wrote {page} (open it in a browser; the PNGs sit next to it)")
+    return 0
+
+
 def cmd_compare(args: list[str]) -> int:
     from selmem.analysis.compare import CompareArgs, CompareConfig, compare
     from selmem.experiment import ExperimentConfig
@@ -130,6 +154,24 @@ def cmd_compare(args: list[str]) -> int:
     return 0
 
 
+@dataclass
+class ReportArgs:
+    """Gather `selmem compare` folders into one markdown page with their plots."""
+
+    folders: tyro.conf.Positional[list[str]]
+    """Comparison folders (runs/compare-...)."""
+    out: str = "docs/RESULTS.md"
+    title: str = "Results"
+
+
+def cmd_report(args: list[str]) -> int:
+    from selmem.analysis.report import report
+
+    a = tyro.cli(ReportArgs, args=args, prog="selmem report")
+    print(f"wrote {report(a.folders, a.out, a.title)}")
+    return 0
+
+
 def cmd_tasks(args: list[str]) -> int:
     from selmem.tasks import describe_tasks
 
@@ -138,7 +180,8 @@ def cmd_tasks(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "tasks": cmd_tasks,
+    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report,
+    "tasks": cmd_tasks, "inspect": cmd_inspect,
 }
 
 
