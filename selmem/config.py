@@ -100,6 +100,7 @@ class SelmemConfig:
     # ------------------------------------------------------------------------------------------
     def validate(self) -> SelmemConfig:
         """Raise ValueError naming the first impossible field; return self."""
+        check_field_types(self)
         for f in fields(self):
             _check_literal(f.name, getattr(self, f.name), _hint(type(self), f.name))
         positive = ["vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "max_segment_len",
@@ -151,6 +152,20 @@ class SelmemConfig:
 
 def _hint(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
+
+
+def check_field_types(obj: Any, prefix: str = "") -> None:
+    """Raise ValueError naming a field of plain type (int, float, bool, str) that holds another
+    type, as YAML produces when it reads ``1e-3`` as text."""
+    for f in fields(obj):
+        value, hint = getattr(obj, f.name), _hint(type(obj), f.name)
+        if hint not in (int, float, bool, str):
+            continue
+        allowed = (int, float) if hint is float else (hint,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and hint is not bool):
+            tip = ("; YAML reads 1e-3 as text: write 1.0e-3" if isinstance(value, str)
+                   and hint in (int, float) else "")
+            raise ValueError(f"{prefix}{f.name} must be {hint.__name__}, got {value!r}{tip}")
 
 
 def _check_literal(name: str, value: Any, hint: Any) -> None:
@@ -223,6 +238,7 @@ class TrainConfig:
     """Show a progress line on stderr."""
 
     def validate(self) -> TrainConfig:
+        check_field_types(self, "train.")
         for name in ["steps", "batch_size", "eval_every", "eval_batches", "log_every"]:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")

@@ -66,10 +66,16 @@ def load_model_weights(path: str | Path, model: nn.Module) -> None:
     if not file.is_file():
         raise FileNotFoundError(f"no model.safetensors in checkpoint {path}")
     state = load_file(str(file), device=str(next(model.parameters()).device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+               if k in state and state[k].shape != v.shape]
+    if missing or unexpected or resized:
         raise ValueError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]} (was it trained with another config or model?)")
+                         f"unexpected {unexpected[:5]}, shape (checkpoint vs model) {resized[:5]} "
+                         "(was it trained with another config or model?)")
+    model.load_state_dict(state)
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -31,7 +31,10 @@ from selmem.train.seed import rng_state, seed_everything, set_rng_state
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"train.device={name!r} is not a device ({e}); use 'auto', 'cpu' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
     return device
@@ -87,6 +90,8 @@ class Trainer:
         device = resolve_device(tc.device)
         default = f"{exp.arch}-{exp.task.name}"
         run_dir = run.make_run_dir(tc.out_dir, tc.name, default, tc.resume)
+        if tc.resume:
+            _check_resumable(run_dir, exp)
         seed_everything(tc.seed)
         model, task = build(exp)
         run.write_command(run_dir)
@@ -107,6 +112,7 @@ class Trainer:
             meta, rng = checkpoint.load_checkpoint(self.run_dir / "ckpt" / "last", model, opt, sched)
             step, best, elapsed = meta["step"], meta.get("best"), meta.get("elapsed", 0.0)
             set_rng_state(rng)
+            run.truncate_metrics(self.run_dir, step)  # records past the checkpoint are redone
         start, tokens, t_log = time.time() - elapsed, 0, time.time()
         model.train()
         last_eval: dict[str, float] = {}
@@ -177,6 +183,24 @@ class Trainer:
         if newline:
             msg = "[test] " + msg
         print(("\r" if not newline else "\r") + msg.ljust(100), end="\n" if newline else "", file=sys.stderr, flush=True)
+
+
+def _check_resumable(run_dir: Path, exp: ExperimentConfig) -> None:
+    """A resumed run keeps its arch, model and task (train fields such as steps may change) and
+    has steps left; raise ValueError naming what is wrong before the run's record is touched."""
+    saved, new = ExperimentConfig.from_yaml(run_dir / "config.yaml").to_dict(), exp.to_dict()
+    changed = [f"arch: {saved['arch']!r} -> {new['arch']!r}"] if saved["arch"] != new["arch"] else []
+    for part in ("model", "task"):
+        for key in sorted(set(saved[part]) | set(new[part])):
+            if saved[part].get(key) != new[part].get(key):
+                changed.append(f"{part}.{key}: {saved[part].get(key)!r} -> {new[part].get(key)!r}")
+    if changed:
+        raise ValueError(f"cannot resume {run_dir} with another model or task ({', '.join(changed[:5])}); "
+                         f"start from its own config: --config {run_dir / 'config.yaml'}")
+    step = json.loads((run_dir / "ckpt" / "last" / "train.json").read_text())["meta"]["step"]
+    if step >= exp.train.steps:
+        raise ValueError(f"{run_dir} already finished {step} of train.steps={exp.train.steps}; "
+                         "raise train.steps to train it further")
 
 
 def train(exp: ExperimentConfig) -> dict[str, Any]:

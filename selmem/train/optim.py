@@ -10,13 +10,18 @@ from torch import nn
 from selmem.config import TrainConfig
 
 
+# names of embedding-like matrices: token embeddings and learned initial memory (selmem's
+# slots, rmt's memory tokens, armt's memory tokens), which are looked up, not multiplied
+NO_DECAY_NAMES = ("emb", "init_slots", "init_memory", "mem_tokens")
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """Weight decay on >= 2-D weights except embeddings and learned slots (nanoGPT's rule)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        plain = p.dim() < 2 or "embed" in name or "init_slots" in name or "emb" in name
+        plain = p.dim() < 2 or any(key in name for key in NO_DECAY_NAMES)
         (no_decay if plain else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]

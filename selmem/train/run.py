@@ -46,6 +46,16 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Drop the records after ``step`` (logged by a run that stopped past its last checkpoint),
+    so that a resumed run's metrics.jsonl reads as one uninterrupted run."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
 def git_hash() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

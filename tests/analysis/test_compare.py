@@ -1,0 +1,138 @@
+"""selmem compare: every model on the same batches and budget, a table, a CSV and two plots;
+state matching puts txl/rmt/armt next to selmem's carried floats."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from selmem.analysis.compare import STATE_KNOB, CompareConfig, compare, matched_config, plan
+from selmem.baselines import MODELS, state_size
+from selmem.config import SelmemConfig
+from selmem.experiment import ExperimentConfig
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+PNG = b"\x89PNG\r\n\x1a\n"
+# step of each knob in matched_config's search (armt's DPFP width is even)
+KNOB_STEP = {"slots": 1, "d_mem": 2}
+
+
+def smoke(tmp_path: Path, **train) -> ExperimentConfig:
+    exp = ExperimentConfig.from_yaml(SMOKE)
+    return replace(exp, train=replace(exp.train, out_dir=str(tmp_path), **train))
+
+
+@pytest.fixture
+def keep_threads():
+    """compare sets torch's thread count for its runs; give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_compare_writes_table_csv_json_and_plots(tmp_path, keep_threads):
+    out_dir, table = compare(
+        smoke(tmp_path, steps=2, eval_every=2),
+        CompareConfig(models=["selmem", "local"], seeds=[0], workers=1, name="c"),
+    )
+    assert out_dir == tmp_path / "c"
+
+    md = (out_dir / "results.md").read_text()
+    assert table in md
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| model | test accuracy |")
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["selmem", "local"]
+
+    with (out_dir / "results.csv").open() as f:
+        table_rows = list(csv.DictReader(f))
+    assert [r["model"] for r in table_rows] == ["selmem", "local"]
+    for r in table_rows:
+        assert (
+            0.0 <= float(r["accuracy"]) <= 1.0 and float(r["steps"]) == 2 and int(r["seeds"]) == 1
+        )
+    by_model = {r["model"]: r for r in table_rows}
+    assert int(by_model["selmem"]["state_floats"]) > int(by_model["local"]["state_floats"])
+
+    saved = json.loads((out_dir / "results.json").read_text())
+    assert [r["model"] for r in saved["rows"]] == ["selmem", "local"]
+    assert [(r["arch"], r["steps"]) for r in saved["runs"]] == [("selmem", 2), ("local", 2)]
+    for png in ["curves.png", "state.png"]:
+        assert (out_dir / png).read_bytes()[:8] == PNG, f"{png} is not a PNG"
+    for name in ["selmem-s0", "local-s0"]:  # every model keeps its own run folder
+        assert (out_dir / name / "results.json").is_file()
+    assert ExperimentConfig.from_yaml(out_dir / "base_config.yaml").train.steps == 2
+
+
+def test_unknown_model_is_named_before_any_work(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"unknown model\(s\) \['transformer'\]; known: \[.*'selmem'"
+    ):
+        compare(
+            smoke(tmp_path), CompareConfig(models=["selmem", "transformer"], workers=1, name="c")
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_comparison_is_never_overwritten(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.md").write_text("an earlier comparison")
+    with pytest.raises(FileExistsError, match="pick another --compare.name"):
+        compare(smoke(tmp_path), CompareConfig(models=["local"], workers=1, name="c"))
+
+
+def test_plan_shares_task_and_budget(tmp_path):
+    base = smoke(tmp_path)
+    exps = plan(
+        base, CompareConfig(models=["selmem", "txl", "local"], seeds=[0, 3]), tmp_path / "c"
+    )
+    assert [(e.arch, e.train.seed, e.train.name) for e in exps] == [
+        (m, s, f"{m}-s{s}") for m in ["selmem", "txl", "local"] for s in [0, 3]
+    ]
+    for e in exps:
+        assert e.task == base.task and e.train.out_dir == str(tmp_path / "c")
+        assert replace(e.train, seed=0, name="", out_dir="", progress=True) == replace(
+            base.train, name="", out_dir="", progress=True
+        )
+    assert exps[2].model.slots != base.model.slots  # txl resized to selmem's state
+    unmatched = plan(base, CompareConfig(models=["txl"], match_state=False), tmp_path / "c")
+    assert unmatched[0].model == base.resolved().model
+
+
+def test_every_model_has_a_state_knob_entry():
+    assert set(STATE_KNOB) == set(MODELS)
+    knobs = {f.name for f in fields(SelmemConfig)}
+    assert all(k is None or k in knobs for k in STATE_KNOB.values())
+
+
+@pytest.mark.parametrize("name", [m for m, k in STATE_KNOB.items() if k])
+def test_matched_state_is_within_a_knob_step(name):
+    cfg = SelmemConfig(
+        vocab_size=11, d_model=32, n_layers=2, n_heads=2, slots=16, d_mem=16, max_segment_len=8
+    )
+    target = state_size("selmem", cfg)
+    knob, step = STATE_KNOB[name], KNOB_STEP[STATE_KNOB[name]]
+    matched = matched_config(name, cfg, target)
+    value = getattr(matched, knob)
+    assert replace(matched, **{knob: getattr(cfg, knob)}) == cfg, "only the knob changes"
+
+    def gap(v: int) -> int:
+        return abs(state_size(name, replace(cfg, **{knob: v})) - target)
+
+    one_step = abs(
+        state_size(name, replace(cfg, **{knob: value + step})) - state_size(name, matched)
+    )
+    assert gap(value) <= one_step / 2, (
+        f"{name}: {state_size(name, matched)} floats vs selmem's {target}"
+    )
+    assert gap(value) <= gap(value + step) and gap(value) <= gap(value - step)
+
+
+@pytest.mark.parametrize("name", [m for m, k in STATE_KNOB.items() if not k])
+def test_models_without_a_knob_are_unchanged(name):
+    cfg = SelmemConfig(d_model=32, n_layers=1, n_heads=2, slots=4, d_mem=16)
+    assert matched_config(name, cfg, 10_000) == cfg

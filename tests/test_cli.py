@@ -1,0 +1,196 @@
+"""The command line: train/eval round trip on configs/smoke.yaml, overrides reach the run's
+config.yaml, every error is one line on stderr with exit code 2, --help exits 0."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selmem.cli import COMMANDS, main
+from selmem.tasks import TASKS
+
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+
+
+def train_args(out_dir: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--config",
+        SMOKE,
+        "--train.out-dir",
+        str(out_dir),
+        "--train.name",
+        name,
+        *extra,
+    ]
+
+
+def test_train_then_eval(tmp_path, capsys):
+    assert main(train_args(tmp_path, "run", "--train.steps", "2", "--train.eval-every", "2")) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert str(run) in out and "test answer accuracy" in out
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 2
+
+    assert main(["eval", str(run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert 0.0 <= evaluated["accuracy"] <= 1.0 and evaluated["chance"] == results["chance"]
+    # ckpt/best is the model of the only evaluation (step 2): the same numbers come back
+    assert evaluated["accuracy"] == results["test"]["accuracy"]
+    assert evaluated["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
+
+
+def test_overrides_land_in_the_run_config(tmp_path):
+    args = train_args(
+        tmp_path,
+        "over",
+        "--train.steps",
+        "1",
+        "--model.slots",
+        "6",
+        "task:mqar",
+        "--task.num-pairs",
+        "1",
+    )
+    assert main(args) == 0
+    saved = yaml.safe_load((tmp_path / "over" / "config.yaml").read_text())
+    smoke = yaml.safe_load(Path(SMOKE).read_text())
+    assert (
+        saved["model"]["slots"] == 6
+        and saved["task"]["num_pairs"] == 1
+        and saved["train"]["steps"] == 1
+    )
+    assert (
+        saved["task"]["num_keys"] == smoke["task"]["num_keys"]
+    )  # the rest still comes from the YAML
+    assert saved["model"]["d_model"] == smoke["model"]["d_model"]
+
+
+def test_tasks_lists_every_task(capsys):
+    assert main(["tasks"]) == 0
+    listed = [
+        line.split(" ")[0]
+        for line in capsys.readouterr().out.splitlines()
+        if line and line[0] != " "
+    ]
+    assert listed == list(TASKS)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]], ids=["bare", "--help", "-h"])
+def test_usage_lists_the_commands(argv, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {cmd} " in out for cmd in COMMANDS)
+
+
+@pytest.mark.parametrize("cmd", sorted(set(COMMANDS) - {"tasks"}))
+def test_command_help_exits_0(cmd, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([cmd, "--help"])
+    assert exit_.value.code == 0
+    assert f"selmem {cmd}" in capsys.readouterr().out
+
+
+def test_train_help_lists_nested_fields(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--config", SMOKE, "--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ["--train.steps", "--model.slots", "task:mqar"])
+
+
+@pytest.mark.parametrize(
+    "yaml_edit, argv, match",
+    [
+        pytest.param(
+            {"train": {"stepz": 2}},
+            [],
+            r"unknown TrainConfig key\(s\) \['stepz'\]",
+            id="unknown-yaml-key",
+        ),
+        pytest.param(
+            {"model": {"select": "sometimes"}},
+            [],
+            "select must be one of",
+            id="bad-literal-in-yaml",
+        ),
+        pytest.param({"train": {"lr": "1e-3"}}, [], r"write 1\.0e-3", id="number-as-text"),
+        pytest.param({}, ["--train.lr=-1"], r"train\.lr must be > 0", id="negative-lr"),
+        pytest.param(
+            {}, ["--train.segment-len", "16"], r"exceeds model\.max_segment_len=8", id="segment>max"
+        ),
+        pytest.param(
+            {}, ["--train.resume"], r"train\.resume needs train\.name", id="resume-without-name"
+        ),
+        pytest.param(
+            {},
+            ["--train.resume", "--train.name", "nope"],
+            "cannot resume: no checkpoint",
+            id="resume-missing-run",
+        ),
+        pytest.param(
+            {}, ["--train.name", "taken"], r"taken already exists", id="run-folder-exists"
+        ),
+        pytest.param(
+            {}, ["--train.device", "gpu0"], r"train\.device='gpu0' is not a device", id="bad-device"
+        ),
+    ],
+)
+def test_train_errors_exit_2_before_training(tmp_path, capsys, yaml_edit, argv, match):
+    data = yaml.safe_load(Path(SMOKE).read_text())
+    for section, values in yaml_edit.items():
+        data[section].update(values)
+    data["train"]["out_dir"] = str(tmp_path / "runs")
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(data))
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "results.json").write_text("{}")
+
+    assert main(["train", "--config", str(config), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("selmem train: error: ") and captured.err.count("\n") == 1
+    assert re.search(match, captured.err), captured.err
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["taken"], "a run folder was created"
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        pytest.param(
+            ["train", "--config", "nowhere.yaml"],
+            r"config file not found: nowhere\.yaml",
+            id="missing-config",
+        ),
+        pytest.param(
+            ["train", "--config"], "--config needs a YAML file path", id="config-without-path"
+        ),
+        pytest.param(
+            ["eval", "nowhere"],
+            r"nowhere is not a run folder: no config\.yaml",
+            id="eval-not-a-run",
+        ),
+        pytest.param(
+            ["compare", "--config", SMOKE, "--compare.models", "selmem", "transformer"],
+            r"unknown model\(s\) \['transformer'\]",
+            id="compare-unknown-model",
+        ),
+        pytest.param(["fit"], r"unknown command 'fit'", id="unknown-command"),
+    ],
+)
+def test_other_errors_exit_2(tmp_path, monkeypatch, capsys, argv, match):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("selmem") and re.search(match, err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_choice_on_the_command_line_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:  # tyro rejects it while parsing, before any work
+        main(["train", "--config", SMOKE, "--model.select", "sometimes"])
+    assert exit_.value.code == 2
+    assert "sometimes" in capsys.readouterr().err

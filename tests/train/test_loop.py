@@ -1,0 +1,220 @@
+"""The training loop on tiny runs: it learns, writes the run folder, is deterministic, resumes
+exactly, honours the time budget and rejects bad configs before training."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from statistics import mean
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selmem.experiment import ExperimentConfig
+from selmem.tasks import MQARTask
+from selmem.train.loop import train
+from selmem.train.run import read_metrics
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+TIMING = {"elapsed", "tokens_per_s"}  # the only logged numbers that may differ between equal runs
+RESULT_KEYS = {
+    "arch",
+    "task",
+    "steps",
+    "wall_s",
+    "params",
+    "state_floats",
+    "chance",
+    "train_tokens_per_s",
+    "peak_mem_mb",
+    "test",
+    "run_dir",
+}
+
+
+def smoke(tmp_path: Path, **train_overrides) -> ExperimentConfig:
+    """configs/smoke.yaml (1 layer, 2-pair recall over 2 segments), writing under ``tmp_path``."""
+    exp = ExperimentConfig.from_yaml(SMOKE)
+    return replace(exp, train=replace(exp.train, out_dir=str(tmp_path), **train_overrides))
+
+
+def metrics(run_dir: str | Path, split: str | None = None) -> list[dict]:
+    """metrics.jsonl records without the wall-clock fields (optionally one split only)."""
+    return [
+        {k: v for k, v in r.items() if k not in TIMING}
+        for r in read_metrics(run_dir)
+        if split is None or r["split"] == split
+    ]
+
+
+def test_loss_goes_down(tmp_path):
+    # 30 steps are enough to learn that the answers are value tokens: ln(11) -> about ln(4) nats
+    res = train(smoke(tmp_path, name="learn", steps=30, lr=1e-2, warmup=5, eval_every=30))
+    losses = [r["loss"] for r in metrics(res["run_dir"], "train")]
+    assert len(losses) == 30
+    first, last = mean(losses[:5]), mean(losses[-5:])
+    assert last < 0.85 * first, (
+        f"train loss did not fall: first 5 steps {first:.3f}, last 5 {last:.3f}"
+    )
+
+
+def test_run_folder_is_the_record(tmp_path):
+    exp = smoke(tmp_path, name="record", steps=4, eval_every=2)
+    res = train(exp)
+    run = Path(res["run_dir"])
+    assert run == tmp_path / "record"
+    for name in ["command.txt", "config.yaml", "env.json", "metrics.jsonl", "results.json"]:
+        assert (run / name).is_file(), f"run folder lacks {name}"
+    for tag in ["last", "best"]:
+        assert {p.name for p in (run / "ckpt" / tag).iterdir()} >= {
+            "model.safetensors",
+            "train.json",
+        }
+    assert (run / "command.txt").read_text().strip()
+    assert {"git", "torch", "device"} <= set(json.loads((run / "env.json").read_text()))
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert [(r["step"], r["split"]) for r in records] == [
+        (1, "train"),
+        (2, "train"),
+        (2, "test"),
+        (3, "train"),
+        (4, "train"),
+        (4, "test"),
+    ]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 for r in records)
+
+    saved = json.loads((run / "results.json").read_text())
+    assert set(saved) == RESULT_KEYS - {"run_dir"}
+    assert set(res) == RESULT_KEYS
+    assert saved["steps"] == 4 and saved["arch"] == "selmem" and saved["task"] == "mqar"
+    assert saved["chance"] == exp.task.chance
+    assert saved["test"] == {
+        k: v for k, v in records[-1].items() if k not in {"step", "split", "elapsed"}
+    }
+
+    assert ExperimentConfig.from_yaml(run / "config.yaml") == exp.resolved()
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    runs = {
+        name: train(smoke(tmp_path, name=name, seed=seed))["run_dir"]
+        for name, seed in [("a", 0), ("b", 0), ("c", 1)]
+    }
+    a, b, c = (metrics(runs[n]) for n in "abc")
+    assert a == b
+    assert [r["loss"] for r in a] != [r["loss"] for r in c]
+
+
+class Interrupted(Exception):
+    """Stands in for a crash or Ctrl-C in the middle of a run."""
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    full = train(smoke(tmp_path, name="full", steps=6, eval_every=2))
+
+    batch = MQARTask.batch
+
+    def crash_at_3(self, split, index, batch_size):
+        if split == "train" and index == 3:
+            raise Interrupted
+        return batch(self, split, index, batch_size)
+
+    monkeypatch.setattr(MQARTask, "batch", crash_at_3)
+    with pytest.raises(Interrupted):
+        train(smoke(tmp_path, name="cut", steps=6, eval_every=2))
+    monkeypatch.undo()
+    cut = tmp_path / "cut"
+    assert json.loads((cut / "ckpt" / "last" / "train.json").read_text())["meta"]["step"] == 2
+    assert metrics(cut)[-1]["step"] == 3  # logged past the checkpoint, then lost
+
+    resumed = train(smoke(tmp_path, name="cut", steps=6, eval_every=2, resume=True))
+    assert resumed["steps"] == 6
+    for tag, file in [
+        ("last", "model.safetensors"),
+        ("last", "train.safetensors"),
+        ("best", "model.safetensors"),
+    ]:
+        ref = load_file(str(Path(full["run_dir"]) / "ckpt" / tag / file))
+        out = load_file(str(cut / "ckpt" / tag / file))
+        assert ref.keys() == out.keys()
+        different = [k for k in ref if not torch.equal(ref[k], out[k])]
+        assert not different, (
+            f"ckpt/{tag}/{file} differs from the uninterrupted run's at {different[:5]}"
+        )
+    assert metrics(cut) == metrics(full["run_dir"])  # one record per step, as if never stopped
+    assert resumed["test"] == full["test"]
+    assert len((cut / "command.txt").read_text().splitlines()) == 2  # started, resumed
+
+
+def test_resume_rejects_another_model_and_finished_runs(tmp_path):
+    train(smoke(tmp_path, name="done", steps=2, eval_every=2))
+    config = (tmp_path / "done" / "config.yaml").read_text()
+    other = smoke(tmp_path, name="done", steps=4, resume=True)
+    other = replace(other, model=replace(other.model, slots=6))
+    with pytest.raises(ValueError, match=r"cannot resume .*model\.slots: 4 -> 6"):
+        train(other)
+    assert (tmp_path / "done" / "config.yaml").read_text() == config  # the record is untouched
+    with pytest.raises(ValueError, match=r"already finished 2 of train\.steps=2"):
+        train(smoke(tmp_path, name="done", steps=2, resume=True))
+    assert (tmp_path / "done" / "command.txt").read_text().count("\n") == 1  # not resumed
+
+
+def test_time_budget_stops_early(tmp_path):
+    res = train(smoke(tmp_path, name="budget", steps=50, time_budget_s=1e-9))
+    assert res["steps"] == 1 < 50
+    assert [(r["step"], r["split"]) for r in metrics(res["run_dir"])] == [(1, "train"), (1, "test")]
+    meta = json.loads((Path(res["run_dir"]) / "ckpt" / "last" / "train.json").read_text())["meta"]
+    assert meta["step"] == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        pytest.param(
+            dict(lr=-1.0), ValueError, r"train\.lr must be > 0, got -1\.0", id="negative-lr"
+        ),
+        pytest.param(
+            dict(lr="1e-3"), ValueError, r"train\.lr must be float.*write 1\.0e-3", id="lr-as-text"
+        ),
+        pytest.param(
+            dict(segment_len=16),
+            ValueError,
+            r"segment length 16 exceeds model\.max_segment_len=8",
+            id="segment>max_segment_len",
+        ),
+        pytest.param(
+            dict(resume=True),
+            ValueError,
+            r"train\.resume needs train\.name",
+            id="resume-without-name",
+        ),
+        pytest.param(
+            dict(resume=True, name="nope"),
+            FileNotFoundError,
+            r"cannot resume: no checkpoint",
+            id="resume-missing-run",
+        ),
+        pytest.param(
+            dict(device="gpu0"),
+            ValueError,
+            r"train\.device='gpu0' is not a device",
+            id="bad-device",
+        ),
+    ],
+)
+def test_bad_config_fails_before_training(tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        train(smoke(tmp_path / "runs", **overrides))
+    assert not (tmp_path / "runs").exists(), "a run folder was created for a config that cannot run"
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("someone's run")
+    with pytest.raises(FileExistsError, match=r"taken already exists.*--train\.resume"):
+        train(smoke(tmp_path, name="taken"))
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
