@@ -1,0 +1,58 @@
+"""Baselines of DESIGN §5, each with SelectiveMemoryTransformer's interface and config.
+
+Every model is built from the same ``SelmemConfig`` so a comparison uses one config; each class
+documents which fields it uses. ``forward(tokens, state) -> Output``, ``init_state``,
+``forward_sequence`` and ``state_size`` behave as in ``selmem.model``.
+
+    model = build_model("armt", SelmemConfig(d_model=64, n_layers=2, slots=16, d_mem=32))
+    params(model), state_size("armt", cfg)        # parameters, floats carried per sequence
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from selmem.baselines.armt import AssociativeRecurrentMemoryTransformer
+from selmem.baselines.full import FullAttentionTransformer
+from selmem.baselines.local import LocalTransformer
+from selmem.baselines.lstm import LSTMLanguageModel
+from selmem.baselines.rmt import RecurrentMemoryTransformer
+from selmem.baselines.txl import TransformerXL
+from selmem.config import SelmemConfig
+from selmem.model import SelectiveMemoryTransformer
+
+MODELS: dict[str, type[nn.Module]] = {
+    "selmem": SelectiveMemoryTransformer,
+    "local": LocalTransformer,  # no memory: lower bound
+    "full": FullAttentionTransformer,  # KV cache of the whole input: upper bound
+    "txl": TransformerXL,  # cached layer inputs, mem_len = slots
+    "rmt": RecurrentMemoryTransformer,  # slots memory tokens
+    "armt": AssociativeRecurrentMemoryTransformer,  # d_mem x d_model associative matrix per layer
+    "lstm": LSTMLanguageModel,  # width matched to selmem's parameter count
+}
+
+
+def build_model(name: str, cfg: SelmemConfig) -> nn.Module:
+    """The model registered as ``name``, built from ``cfg``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    return MODELS[name](cfg)
+
+
+def params(model: nn.Module) -> int:
+    """Number of parameters (all of them are trained)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def state_size(name: str, cfg: SelmemConfig, seq_len: int | None = None) -> int:
+    """Floats model ``name`` carries per sequence between segments under ``cfg``, without
+    building it. ``seq_len`` (tokens streamed so far) is needed by ``full`` only, whose KV cache
+    grows with the input; the other models' states are constant."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    if name == "selmem":
+        return cfg.state_floats()
+    return MODELS[name].state_floats(cfg, seq_len)
+
+
+__all__ = ["MODELS", "build_model", "params", "state_size"]
