@@ -116,7 +116,8 @@ class SelmemConfig:
         if self.d_mem > self.d_model:
             raise ValueError(f"d_mem ({self.d_mem}) must be <= d_model ({self.d_model})")
         if self.compress == "none" and self.d_mem != self.d_model:
-            raise ValueError(f"compress='none' writes raw features, so d_mem ({self.d_mem}) must equal d_model ({self.d_model})")
+            raise ValueError(f"compress='none' writes raw features, so d_mem ({self.d_mem}) "
+                             f"must equal d_model ({self.d_model})")
         if self.cache_transform == "transformer" and self.d_mem % 2:
             raise ValueError(f"d_mem must be even for the cache transform's 2 heads, got {self.d_mem}")
         for name in ["usage_decay", "write_rate"]:

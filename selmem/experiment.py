@@ -24,7 +24,9 @@ from selmem.tasks.base import Task
 Arch = Literal["selmem", "local", "full", "txl", "rmt", "armt", "lstm"]
 
 # tyro shows each task as a subcommand named like the task: `task:mqar --task.num-pairs 4`
-TaskChoice = Union[tuple(Annotated[cls, tyro.conf.subcommand(name)] for name, cls in TASKS.items())]  # type: ignore[misc]
+TaskChoice = Union[tuple(  # noqa: UP007 (a Union built at runtime from the registry)
+    Annotated[cls, tyro.conf.subcommand(name)] for name, cls in TASKS.items()
+)]  # type: ignore[misc]
 
 
 def _default_task() -> Task:

@@ -18,7 +18,7 @@ def test_short_conv_equals_depthwise_conv1d(T):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     g_out = torch.autograd.grad(out.square().sum(), [x, conv.conv.weight])
     g_ref = torch.autograd.grad(ref.square().sum(), [x, conv.conv.weight])
-    for a, b in zip(g_out, g_ref):
+    for a, b in zip(g_out, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 

@@ -182,7 +182,7 @@ class Trainer:
             msg += f"  | test acc {last_eval['accuracy']:.3f}"
         if newline:
             msg = "[test] " + msg
-        print(("\r" if not newline else "\r") + msg.ljust(100), end="\n" if newline else "", file=sys.stderr, flush=True)
+        print("\r" + msg.ljust(100), end="\n" if newline else "", file=sys.stderr, flush=True)
 
 
 def _check_resumable(run_dir: Path, exp: ExperimentConfig) -> None:

@@ -9,7 +9,6 @@ from torch import nn
 
 from selmem.config import TrainConfig
 
-
 # names of embedding-like matrices: token embeddings and learned initial memory (selmem's
 # slots, rmt's memory tokens, armt's memory tokens), which are looked up, not multiplied
 NO_DECAY_NAMES = ("emb", "init_slots", "init_memory", "mem_tokens")
