@@ -1,0 +1,173 @@
+"""Write addressing: rows are distributions; fifo is a ring buffer starting at the oldest slot;
+allocation sends the n-th write to the n-th freest slot; random depends on position only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selmem.memory.address import Address, freeness_ranks, gate_mass_before, rank_weights
+from selmem.memory.update import update
+from tests.helpers import assert_close, tiny_cfg
+
+M, D = 4, 16  # tiny_cfg: slots 4, d_mem 16
+dt = torch.float64
+
+
+def addr(option: str, layer_idx: int = 0, **kw) -> Address:
+    return Address(tiny_cfg(address=option, **kw), layer_idx).double()
+
+
+def memory(B: int = 2) -> dict[str, torch.Tensor]:
+    return dict(
+        slots=torch.randn(B, M, D, dtype=dt),
+        usage=torch.rand(B, M, dtype=dt),
+        age=torch.rand(B, M, dtype=dt) * 3,
+    )
+
+
+@pytest.mark.parametrize("option", ["attention", "fifo", "random"])
+def test_rows_are_distributions(option):
+    C = 7
+    w = addr(option)(
+        torch.randn(2, C, D, dtype=dt),
+        torch.rand(2, C, dtype=dt),
+        **memory(),
+        pos=torch.arange(C).expand(2, C),
+    )
+    assert w.shape == (2, C, M) and (w >= 0).all()
+    assert_close("row sums", torch.ones(2, C, dtype=dt), w.sum(-1), atol=1e-12)
+
+
+def test_gate_mass_before():
+    g = torch.tensor([[1.0, 0.0, 0.5, 1.0]])
+    assert gate_mass_before(g).tolist() == [[0.0, 1.0, 1.0, 1.5]]
+
+
+def test_fifo_writes_consecutive_gated_candidates_from_the_oldest_slot():
+    age = torch.tensor([[0.0, 3.0, 1.0, 2.0]], dtype=dt)  # slot 1 is the oldest: the ring's head
+    gate = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0]], dtype=dt)
+    w = addr("fifo")(
+        torch.randn(1, 7, D, dtype=dt),
+        gate,
+        torch.randn(1, M, D, dtype=dt),
+        torch.zeros(1, M, dtype=dt),
+        age,
+        torch.arange(7)[None],
+    )
+    written = w.argmax(-1)[gate.bool()]
+    assert written.tolist() == [1, 2, 3, 0, 1]  # wraps around the ring
+    assert ((w == 0) | (w == 1)).all()
+
+
+def test_fifo_ring_keeps_values_until_overwritten():
+    """(e) One hard write per segment with fifo + update: a value written at segment 0 is still
+    in memory, exactly, after M - 1 more segments, and gone after M."""
+    a_fifo = addr("fifo")
+    slots, usage, age = (
+        torch.zeros(1, M, D, dtype=dt),
+        torch.zeros(1, M, dtype=dt),
+        torch.zeros(1, M, dtype=dt),
+    )
+    prov = torch.full((1, M), -1)
+    values = torch.randn(M + 1, 1, 1, D, dtype=dt)
+    history = []
+    for seg in range(M + 1):
+        gate = torch.ones(1, 1, dtype=dt)
+        w = a_fifo(values[seg], gate, slots, usage, age, torch.tensor([[seg]]))
+        history.append(int(w.argmax()))
+        out = update(
+            slots,
+            usage,
+            age,
+            prov,
+            values[seg],
+            gate[..., None] * w,
+            torch.tensor([[seg]]),
+            torch.zeros(1, M, dtype=dt),
+            0.9,
+        )
+        slots, usage, age, prov = out.slots, out.usage, out.age, out.provenance
+        if seg < M:
+            assert any(torch.equal(slots[0, j], values[0, 0, 0]) for j in range(M)), (
+                f"lost at segment {seg}"
+            )
+    assert history == [0, 1, 2, 3, 0]
+    assert not any(torch.equal(slots[0, j], values[0, 0, 0]) for j in range(M))
+    assert prov[0].tolist() == [4, 1, 2, 3]
+
+
+def test_freeness_ranks():
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.3], [0.2, 0.2, 0.2, 0.0]])
+    age = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 5.0, 0.0, 0.0]])
+    assert freeness_ranks(usage, age).tolist() == [[2, 0, 3, 1], [2, 1, 3, 0]]  # ties: older first
+
+
+def test_empty_memory_ranks_and_weights_are_finite():
+    """(d) All-zero usage and age: a permutation (by index), finite normalised weights."""
+    ranks = freeness_ranks(torch.zeros(3, M), torch.zeros(3, M))
+    assert ranks.tolist() == [list(range(M))] * 3
+    w = rank_weights(ranks, torch.tensor([[0.0, 0.5, 3.7]] * 3), 0.1)
+    assert torch.isfinite(w).all()
+    assert_close("rows", torch.ones(3, 3), w.sum(-1), atol=1e-6)
+
+
+def test_allocation_sends_nth_write_to_nth_freest_slot():
+    """With the content/allocation mix forced to allocation and a cold temperature, the n-th
+    hard-gated candidate lands on the slot of freeness rank n (mod M)."""
+    a = addr("attention", alloc_temperature=1e-3)
+    with torch.no_grad():
+        a.mix.weight.zero_()
+        a.mix.bias.fill_(-1e4)  # beta = sigmoid(-1e4) = 0: pure allocation
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.3]], dtype=dt)  # freest first: slots 1, 3, 0, 2
+    gate = torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]], dtype=dt)
+    w = a(
+        torch.randn(1, 7, D, dtype=dt),
+        gate,
+        torch.randn(1, M, D, dtype=dt),
+        usage,
+        torch.zeros(1, M, dtype=dt),
+        torch.arange(7)[None],
+    )
+    written = w[gate.bool()]
+    assert written.argmax(-1).tolist() == [1, 3, 0, 2, 1]
+    assert (written.amax(-1) > 0.999).all()
+
+
+def test_content_addressing_ignores_usage_and_allocation_ignores_content():
+    a = addr("attention")
+    cand, gate, mem = torch.randn(2, 5, D, dtype=dt), torch.rand(2, 5, dtype=dt), memory()
+    pos = torch.arange(5).expand(2, 5)
+    with torch.no_grad():
+        a.mix.weight.zero_()
+        a.mix.bias.fill_(1e4)  # beta = 1: pure content
+    w1 = a(cand, gate, **mem, pos=pos)
+    w2 = a(cand, gate, mem["slots"], torch.rand(2, M, dtype=dt), mem["age"] * 7, pos)
+    assert_close("content weights", w1, w2, atol=0)
+    with torch.no_grad():
+        a.mix.bias.fill_(-1e4)  # beta = 0: pure allocation
+    w3 = a(cand, gate, **mem, pos=pos)
+    w4 = a(
+        torch.randn_like(cand), gate, torch.randn_like(mem["slots"]), mem["usage"], mem["age"], pos
+    )
+    assert_close("allocation weights", w3, w4, atol=0)
+
+
+def test_random_is_a_function_of_position_and_layer():
+    pos = torch.arange(64).view(2, 32) + 1000
+    a0, a1 = addr("random", 0), addr("random", 1)
+
+    def args():  # fresh candidates, gates and memory every call
+        return torch.randn(2, 32, D, dtype=dt), torch.rand(2, 32, dtype=dt), *memory().values()
+
+    w = a0(*args(), pos)
+    assert torch.equal(w, a0(*args(), pos))  # other candidates, gates, memory: same slots
+    assert ((w == 0) | (w == 1)).all()
+    cand, gate = (t[:, 1:] for t in args()[:2])
+    assert torch.equal(
+        a0(cand, gate, *memory().values(), pos[:, 1:]), w[:, 1:]
+    )  # not the index in the segment
+    assert (w.sum((0, 1)) > 0).all(), "some slot is never addressed"
+    assert not torch.equal(w, a1(*args(), pos)), "layers share one random map"
+    assert torch.equal(w[0, 3], F.one_hot(w[0, 3].argmax(), M).to(dt))

@@ -1,0 +1,121 @@
+"""SelmemConfig: validation names the field, YAML is strict and round-trips."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import fields
+
+import pytest
+import yaml
+
+from selmem import SelectiveMemoryTransformer, SelmemConfig
+from tests.helpers import tiny_cfg
+
+LITERAL_FIELDS = [
+    f.name
+    for f in fields(SelmemConfig)
+    if typing.get_origin(typing.get_type_hints(SelmemConfig)[f.name]) is typing.Literal
+]
+
+
+def test_defaults_validate():
+    assert SelmemConfig().validate() == SelmemConfig()
+
+
+def test_every_option_field_is_checked():
+    assert set(LITERAL_FIELDS) == {
+        "read",
+        "select",
+        "compress",
+        "address",
+        "cache_transform",
+        "sparsity",
+    }
+
+
+@pytest.mark.parametrize("name", LITERAL_FIELDS)
+def test_bad_literal_names_field_and_choices(name):
+    allowed = typing.get_args(typing.get_type_hints(SelmemConfig)[name])
+    with pytest.raises(ValueError, match=rf"{name} must be one of .*{allowed[0]}.*got 'bogus'"):
+        SelmemConfig(**{name: "bogus"}).validate()
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        pytest.param(
+            dict(d_model=32, d_mem=48),
+            r"d_mem \(48\) must be <= d_model \(32\)",
+            id="d_mem>d_model",
+        ),
+        pytest.param(
+            dict(compress="none", d_model=32, d_mem=16),
+            r"compress='none'.*d_mem \(16\).*d_model \(32\)",
+            id="none-needs-equal-width",
+        ),
+        pytest.param(dict(d_model=30, n_heads=4), "divisible by n_heads", id="heads-divide"),
+        pytest.param(dict(d_model=20, n_heads=4, d_mem=16), "even for rotary", id="odd-head-width"),
+        pytest.param(dict(slots=0), "slots must be >= 1", id="zero-slots"),
+        pytest.param(
+            dict(d_mem=15, d_model=32), "d_mem must be even", id="odd-d_mem-cache-transform"
+        ),
+        pytest.param(dict(usage_decay=1.5), r"usage_decay must be in \[0, 1\]", id="usage_decay>1"),
+        pytest.param(dict(write_rate=-0.1), r"write_rate must be in \[0, 1\]", id="write_rate<0"),
+        pytest.param(
+            dict(alloc_temperature=0.0), "alloc_temperature must be > 0", id="zero-temperature"
+        ),
+        pytest.param(
+            dict(lambda_sparse=-1.0), "lambda_sparse must be >= 0", id="neg-lambda_sparse"
+        ),
+        pytest.param(dict(lambda_rec=-0.1), "lambda_rec must be >= 0", id="neg-lambda_rec"),
+        pytest.param(dict(lambda_nce=-0.1), "lambda_nce must be >= 0", id="neg-lambda_nce"),
+        pytest.param(dict(bptt_segments=-1), "bptt_segments must be >= 0", id="neg-bptt"),
+    ],
+)
+def test_impossible_values_raise(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        SelmemConfig(**overrides).validate()
+
+
+def test_model_validates_its_config():
+    with pytest.raises(ValueError, match="select must be one of"):
+        SelectiveMemoryTransformer(SelmemConfig(select="sometimes"))
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = tiny_cfg(select="topk", address="fifo", slot_decay=True)
+    cfg.to_yaml(tmp_path / "c.yaml")
+    assert SelmemConfig.from_yaml(tmp_path / "c.yaml") == cfg
+
+
+def test_yaml_unknown_key_is_named(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"d_model": 32, "n_slots": 8}))
+    with pytest.raises(ValueError, match=r"unknown SelmemConfig key\(s\) \['n_slots'\]"):
+        SelmemConfig.from_yaml(tmp_path / "c.yaml")
+
+
+def test_yaml_values_are_validated(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"lambda_nce": -1.0}))
+    with pytest.raises(ValueError, match="lambda_nce must be >= 0"):
+        SelmemConfig.from_yaml(tmp_path / "c.yaml")
+
+
+def test_yaml_not_a_mapping_or_missing(tmp_path):
+    (tmp_path / "c.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        SelmemConfig.from_yaml(tmp_path / "c.yaml")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        SelmemConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_empty_yaml_gives_defaults(tmp_path):
+    (tmp_path / "c.yaml").write_text("")
+    assert SelmemConfig.from_yaml(tmp_path / "c.yaml") == SelmemConfig()
+
+
+@pytest.mark.parametrize(
+    "overrides", [dict(), dict(slots=7, d_mem=8, n_layers=3)], ids=["tiny", "L3-M7-dmem8"]
+)
+def test_state_floats_matches_state(overrides):
+    model = SelectiveMemoryTransformer(tiny_cfg(**overrides))
+    assert model.state_size() == model.cfg.state_floats() == model.init_state(3).num_floats()

@@ -1,0 +1,70 @@
+"""Auxiliary losses on hand-built inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from selmem import losses
+from tests.helpers import assert_close
+
+t = torch.tensor
+
+
+@pytest.mark.parametrize(
+    "kind, rate, want",
+    [
+        pytest.param("target", 0.25, (0.6 - 0.25) ** 2, id="target"),
+        pytest.param("target", 0.6, 0.0, id="target-hit"),
+        pytest.param("l1", 0.25, 0.6, id="l1"),
+    ],
+)
+def test_sparsity(kind, rate, want):
+    gates = [
+        t([[0.0, 1.0], [1.0, 1.0]]),
+        t([[0.0]]),
+    ]  # per-layer (B, T); 3 ones in 5 gates: mean 0.6
+    assert math.isclose(float(losses.sparsity(gates, kind, rate)), want, abs_tol=1e-7)
+
+
+def test_reconstruction_zero_when_decoded_is_feature():
+    f = torch.randn(2, 3, 8)
+    assert float(losses.reconstruction(f.clone(), f, torch.rand(2, 3))) == 0.0
+
+
+def test_reconstruction_is_gate_weighted_mse():
+    dec, f = torch.zeros(1, 2, 4), t([[[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]]])
+    g = t([[1.0, 0.0]])
+    assert float(losses.reconstruction(dec, f, g)) == 1.0  # the gate-0 candidate does not count
+    g = t([[1.0, 1.0]])
+    assert float(losses.reconstruction(dec, f, g)) == 2.5
+    assert float(losses.reconstruction(dec, f, torch.zeros(1, 2))) == 0.0  # nothing written: finite
+
+
+def test_reconstruction_does_not_move_the_feature():
+    dec, f = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 3, 4, requires_grad=True)
+    losses.reconstruction(dec, f, torch.rand(2, 3)).backward()
+    assert f.grad is None and dec.grad.abs().sum() > 0
+
+
+def test_infonce_prefers_aligned_pairs():
+    mem = torch.randn(8, 16)
+    aligned = losses.infonce(mem, mem + 0.1 * torch.randn(8, 16), 0.1)
+    shuffled = losses.infonce(mem, mem[torch.roll(torch.arange(8), 1)], 0.1)
+    assert aligned < shuffled
+    assert aligned < math.log(8) < shuffled
+
+
+def test_infonce_uninformative_is_log_batch():
+    future = torch.ones(5, 4)  # every sequence's future looks the same: chance level
+    assert_close("loss", t(math.log(5)), losses.infonce(torch.randn(5, 4), future, 0.1), atol=1e-5)
+
+
+def test_infonce_zero_for_batch_of_one():
+    mem = torch.randn(1, 4, requires_grad=True)
+    loss = losses.infonce(mem, torch.randn(1, 4), 0.1)
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert torch.equal(mem.grad, torch.zeros_like(mem))
