@@ -197,6 +197,14 @@ class SelectiveMemoryTransformer(nn.Module):
         if tuple(state.slots.shape) != want:
             raise ValueError(f"state does not fit this model: slots {tuple(state.slots.shape)}, "
                              f"expected (n_layers, batch, slots, d_mem) = {want}")
+        for name in ("usage", "age", "provenance"):
+            if tuple(getattr(state, name).shape) != want[:3]:
+                raise ValueError(f"state.{name} has shape {tuple(getattr(state, name).shape)}, expected {want[:3]}")
+        if state.slots.device != tokens.device:
+            raise ValueError(f"state is on {state.slots.device} but tokens are on {tokens.device}; "
+                             "move one with .to(device)")
+        if state.slots.dtype != self.init_slots.dtype:
+            raise ValueError(f"state has dtype {state.slots.dtype} but the model runs in {self.init_slots.dtype}")
         return state
 
 

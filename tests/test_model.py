@@ -4,6 +4,8 @@ pitfalls of a segment-recurrent memory (read-before-write, short last segment, .
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 from dataclasses import fields
 
@@ -477,6 +479,15 @@ def test_state_from_other_batch_or_type_raises():
         model(tokens(2, 4), model.init_state(3))
     with pytest.raises(TypeError, match="state must be a MemoryState"):
         model(tokens(2, 4), {"slots": None})
+
+
+def test_state_with_wrong_dtype_or_bookkeeping_shape_raises():
+    model = tiny_model()  # float64
+    state = model.init_state(2)
+    with pytest.raises(ValueError, match="state has dtype torch.float32 but the model runs in torch.float64"):
+        model(tokens(2, 4), dataclasses.replace(state, slots=state.slots.float()))
+    with pytest.raises(ValueError, match=r"state.usage has shape \(2, 2, 3\)"):
+        model(tokens(2, 4), dataclasses.replace(state, usage=state.usage[..., :3]))
 
 
 def test_forward_sequence_errors():
