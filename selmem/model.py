@@ -87,8 +87,9 @@ class SelectiveMemoryTransformer(nn.Module):
             position=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
 
-    def state_size(self) -> int:
-        """Floats carried per sequence between segments."""
+    def state_size(self, seq_len: int | None = None) -> int:
+        """Floats carried per sequence between segments, whatever ``seq_len`` (accepted so every
+        model answers the same call; full attention's cache grows with it)."""
         return self.cfg.state_floats()
 
     # ------------------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ class SelectiveMemoryTransformer(nn.Module):
             read_mass = read[..., :M].mean(1) if read is not None else torch.zeros_like(usage)
             decay = torch.sigmoid(self.slot_decay[l]) if self.slot_decay is not None else None
             out = update(slots, usage, age, state.provenance[l], cand.values, a, cand_pos,
-                         read_mass, cfg.usage_decay, decay)
+                         read_mass, cfg.usage_decay, decay, gate=cand.gate)
             new.append(out)
             gates.append(g)
             rec.append(losses.reconstruction(self.decoder[l](cand.values), cand.feature, cand.gate))

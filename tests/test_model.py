@@ -5,7 +5,6 @@ pitfalls of a segment-recurrent memory (read-before-write, short last segment, .
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 from dataclasses import fields
 

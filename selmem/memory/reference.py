@@ -14,7 +14,7 @@ from selmem.memory.update import Written
 
 def update_reference(slots: Tensor, usage: Tensor, age: Tensor, provenance: Tensor, cand: Tensor,
                      a: Tensor, cand_pos: Tensor, read_mass: Tensor, usage_decay: float,
-                     slot_decay: Tensor | None = None) -> Written:
+                     slot_decay: Tensor | None = None, gate: Tensor | None = None) -> Written:
     """Same arguments and results as ``update.update``, computed with Python loops."""
     B, C, M = a.shape
     out_slots, out_usage, out_age, out_prov, out_kept, out_contrib = [], [], [], [], [], []
@@ -24,16 +24,15 @@ def update_reference(slots: Tensor, usage: Tensor, age: Tensor, provenance: Tens
             s = slots[b, j] * (slot_decay[j] if slot_decay is not None else 1.0)
             kept = torch.ones((), dtype=a.dtype)
             share = [torch.zeros((), dtype=a.dtype) for _ in range(C)]  # surviving share of each candidate
-            written = torch.zeros((), dtype=a.dtype)
             for t in range(C):
                 w = a[b, t, j]
                 s = (1 - w) * s + w * cand[b, t]
                 kept = kept * (1 - w)
                 share = [x * (1 - w) for x in share]
                 share[t] = w
-                written = written + w
             rows.append(s)
-            us.append(usage_decay * usage[b, j] + written + read_mass[b, j])
+            importance = sum(share[t] * (gate[b, t] if gate is not None else 1.0) for t in range(C))
+            us.append(usage_decay * kept * usage[b, j] + importance + read_mass[b, j])
             ags.append((age[b, j] + 1) * kept)
             best_t = max(range(C), key=lambda t: (float(share[t].detach()), -t))
             provs.append(cand_pos[b, best_t] if float(share[best_t].detach()) > float(kept.detach())

@@ -17,7 +17,14 @@ cumprod backward is exact at zeros, so hard one-hot writes are fine). ``referenc
 loop form of (1); the tests check that the two agree on slots, usage, age and gradients.
 
 Forgetting:
-  usage' = gamma * usage + sum_t a_tj + read_j        (written mass + read attention mass)
+  usage' = gamma * P_j * usage + sum_t g_t * share_tj + read_j
+          the importance of what a slot holds now: each surviving piece of content weighted by the
+          gate that selected it (share_tj = a_tj * prod_{s>t}(1 - a_sj) is candidate t's final
+          share of slot j), plus the read attention mass. Weighting by the gate is what protects
+          selected content: a slot filled by one strongly gated token (g = 0.9) outranks a slot
+          filled by three weakly gated ones (g = 0.3), although both received the same written
+          mass, so allocation evicts weakly selected content first. Overwritten content takes its
+          usage with it (the P_j factor).
   age'   = (age + 1) * P_j                            (a fully overwritten slot restarts at 0)
   optional learned per-slot decay multiplies old content by sigmoid(lambda_j) each segment.
 Eviction is allocation's job (address.py prefers low usage, then high age); a slot counts as
@@ -50,19 +57,21 @@ def suffix_keep(keep: Tensor) -> tuple[Tensor, Tensor]:
 
 def update(slots: Tensor, usage: Tensor, age: Tensor, provenance: Tensor, cand: Tensor,
            a: Tensor, cand_pos: Tensor, read_mass: Tensor, usage_decay: float,
-           slot_decay: Tensor | None = None) -> Written:
+           slot_decay: Tensor | None = None, gate: Tensor | None = None) -> Written:
     """Apply (1) for all candidates.
 
     slots (B, M, d_mem), usage/age (B, M), provenance (B, M) long, cand (B, C, d_mem),
     a (B, C, M) write strengths in [0, 1], cand_pos (B, C) long absolute positions,
-    read_mass (B, M), slot_decay (M,) in (0, 1) or None.
+    read_mass (B, M), slot_decay (M,) in (0, 1) or None, gate (B, C) the selection gate of each
+    candidate (its importance in usage; None = 1).
     """
     if slot_decay is not None:
         slots = slots * slot_decay[:, None]
     later, kept = suffix_keep(1.0 - a)
     contrib = a * later  # (B, C, M)
     new_slots = kept[..., None] * slots + torch.einsum("bcm,bcd->bmd", contrib, cand)
-    new_usage = usage_decay * usage + a.sum(1) + read_mass
+    importance = contrib if gate is None else gate[..., None] * contrib
+    new_usage = usage_decay * kept * usage + importance.sum(1) + read_mass
     new_age = (age + 1.0) * kept
     best, best_t = contrib.detach().max(dim=1)  # (B, M)
     new_prov = torch.where(best > kept.detach(), cand_pos.gather(1, best_t), provenance)

@@ -166,7 +166,7 @@ class Trainer:
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         results = {"arch": self.exp.arch, "task": self.exp.task.name, "steps": step, "wall_s": wall,
                    "params": sum(p.numel() for p in self.model.parameters()),
-                   "state_floats": self.model.state_size(), "chance": self.task.chance,
+                   "state_floats": self.model.state_size(seq_len=self.task.seq_len), "chance": self.task.chance,
                    "train_tokens_per_s": sum(speeds) / max(len(speeds), 1), "peak_mem_mb": peak,
                    "test": final}
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))

@@ -39,10 +39,11 @@ def make_inputs(kind: str, decay: bool) -> dict[str, torch.Tensor | float | None
         read_mass=torch.rand(B, M, dtype=dt),
         usage_decay=0.9,
         slot_decay=torch.rand(M, dtype=dt) * 0.5 + 0.4 if decay else None,
+        gate=torch.rand(B, C, dtype=dt),
     )
 
 
-DIFFERENTIABLE = ["slots", "usage", "age", "cand", "a", "slot_decay"]
+DIFFERENTIABLE = ["slots", "usage", "age", "cand", "a", "slot_decay", "gate"]
 CASES = [
     pytest.param(k, d, id=f"{k}{'-decay' if d else ''}")
     for k in ("soft", "hard", "mixed")
@@ -153,3 +154,25 @@ def test_gradcheck_soft():
         return out.slots, out.usage, out.age
 
     assert torch.autograd.gradcheck(f, tuple(x[n].clone().requires_grad_(True) for n in names))
+
+
+def test_usage_protects_strongly_selected_content_over_more_weakly_written_mass():
+    """Slot 0 gets one write with gate 0.9; slot 1 gets four writes with gate 0.3 (more mass).
+    Usage ranks slot 0 above slot 1, so allocation evicts the weakly selected slot first."""
+    dt = torch.float64
+    a = torch.zeros(1, 5, 2, dtype=dt)
+    gate = torch.tensor([[0.9, 0.3, 0.3, 0.3, 0.3]], dtype=dt)
+    a[0, 0, 0] = 0.9
+    a[0, 1:, 1] = 0.3
+    out = update(slots=torch.zeros(1, 2, 3, dtype=dt), usage=torch.zeros(1, 2, dtype=dt),
+                 age=torch.zeros(1, 2, dtype=dt), provenance=torch.full((1, 2), -1),
+                 cand=torch.randn(1, 5, 3, dtype=dt), a=a, cand_pos=torch.arange(5)[None],
+                 read_mass=torch.zeros(1, 2, dtype=dt), usage_decay=0.9, gate=gate)
+    assert a[0, :, 1].sum() > a[0, :, 0].sum()  # slot 1 received more mass
+    assert out.usage[0, 0] > out.usage[0, 1]
+    # fully overwriting a slot removes its old usage with its content
+    again = update(slots=out.slots, usage=out.usage, age=out.age, provenance=out.provenance,
+                   cand=torch.randn(1, 1, 3, dtype=dt), a=torch.tensor([[[1.0, 0.0]]], dtype=dt),
+                   cand_pos=torch.tensor([[9]]), read_mass=torch.zeros(1, 2, dtype=dt), usage_decay=0.9,
+                   gate=torch.tensor([[0.2]], dtype=dt))
+    assert_close("usage of the overwritten slot", torch.tensor(0.2, dtype=dt), again.usage[0, 0], atol=1e-12)

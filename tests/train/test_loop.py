@@ -218,3 +218,15 @@ def test_existing_run_folder_is_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match=r"taken already exists.*--train\.resume"):
         train(smoke(tmp_path, name="taken"))
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("arch", ["selmem", "local", "full", "txl", "rmt", "armt", "lstm"])
+def test_every_model_trains_through_the_loop_and_reports_its_state(tmp_path, arch):
+    from selmem.baselines import state_size
+
+    exp = smoke(tmp_path, name=arch, steps=2, eval_every=2)
+    exp = replace(exp, arch=arch, model=replace(exp.model, d_mem=16))
+    res = train(exp)
+    assert res["steps"] == 2 and 0.0 <= res["test"]["accuracy"] <= 1.0
+    # full's cache grows with the input: it is reported at the task's sequence length
+    assert res["state_floats"] == state_size(arch, exp.resolved().model, seq_len=exp.task.seq_len)
