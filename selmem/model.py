@@ -151,24 +151,7 @@ class SelectiveMemoryTransformer(nn.Module):
         """Stream a whole sequence (B, N) through ``forward`` in segments of ``segment_len``
         (default max_segment_len; the last may be shorter), detaching the state every
         ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments."""
-        seg = segment_len or self.cfg.max_segment_len
-        if not 1 <= seg <= self.cfg.max_segment_len:
-            raise ValueError(f"segment_len must be in [1, max_segment_len={self.cfg.max_segment_len}], got {seg}")
-        if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-            raise ValueError(f"tokens must be a (batch, length) tensor, got {_describe(tokens)}")
-        outs: list[Output] = []
-        K = self.cfg.bptt_segments
-        for i, start in enumerate(range(0, tokens.shape[1], seg)):
-            if K and i and i % K == 0:
-                state = state.detach()  # truncated BPTT boundary
-            out = self(tokens[:, start : start + seg], state)
-            state = out.state
-            outs.append(out)
-        if not outs:
-            raise ValueError("tokens is empty: a sequence needs at least one token")
-        logits = torch.cat([o.logits for o in outs], dim=1)
-        aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
-        return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux)
+        return run_segments(self, tokens, segment_len, state)
 
     def _check(self, tokens: Tensor, state: MemoryState | None) -> MemoryState:
         """Validate a segment and its state at the boundary, with messages that say what to pass."""
@@ -207,6 +190,31 @@ class SelectiveMemoryTransformer(nn.Module):
         if state.slots.dtype != self.init_slots.dtype:
             raise ValueError(f"state has dtype {state.slots.dtype} but the model runs in {self.init_slots.dtype}")
         return state
+
+
+def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, state: Any | None) -> Output:
+    """The segment loop behind every model's ``forward_sequence`` (selmem and the baselines): call
+    ``model(segment, state)`` on consecutive segments, detach the state every
+    ``model.cfg.bptt_segments`` segments, concatenate logits, average losses."""
+    cfg = model.cfg
+    seg = segment_len or cfg.max_segment_len
+    if not 1 <= seg <= cfg.max_segment_len:
+        raise ValueError(f"segment_len must be in [1, max_segment_len={cfg.max_segment_len}], got {seg}")
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+        raise ValueError(f"tokens must be a (batch, length) tensor, got {_describe(tokens)}")
+    outs: list[Output] = []
+    K = cfg.bptt_segments
+    for i, start in enumerate(range(0, tokens.shape[1], seg)):
+        if K and i and i % K == 0:
+            state = state.detach()  # truncated BPTT boundary
+        out = model(tokens[:, start : start + seg], state)
+        state = out.state
+        outs.append(out)
+    if not outs:
+        raise ValueError("tokens is empty: a sequence needs at least one token")
+    logits = torch.cat([o.logits for o in outs], dim=1)
+    aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
+    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux)
 
 
 def _detached(**tensors: Tensor | None) -> dict[str, Tensor | None]:

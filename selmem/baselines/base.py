@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from selmem.baselines.attention import Block
 from selmem.config import SelmemConfig
 from selmem.layers import RMSNorm
-from selmem.model import Output
+from selmem.model import Output, run_segments
 
 
 @dataclass
@@ -143,33 +143,6 @@ def check_tokens(tokens: Any, cfg: SelmemConfig) -> None:
     if lo < 0 or hi >= cfg.vocab_size:
         raise ValueError(f"token ids must lie in [0, vocab_size={cfg.vocab_size}), "
                          f"got range [{lo}, {hi}]")
-
-
-def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None,
-                 state: Any | None) -> Output:
-    """The segment loop of ``forward_sequence``: the same loop as SelectiveMemoryTransformer's."""
-    cfg = model.cfg
-    seg = segment_len or cfg.max_segment_len
-    if not 1 <= seg <= cfg.max_segment_len:
-        raise ValueError(f"segment_len must be in [1, max_segment_len={cfg.max_segment_len}], "
-                         f"got {seg}")
-    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-        shown = (f"shape {tuple(tokens.shape)}" if isinstance(tokens, Tensor)
-                 else type(tokens).__name__)
-        raise ValueError(f"tokens must be a (batch, length) tensor, got {shown}")
-    outs: list[Output] = []
-    K = cfg.bptt_segments
-    for i, start in enumerate(range(0, tokens.shape[1], seg)):
-        if K and i and i % K == 0:
-            state = state.detach()  # truncated BPTT boundary
-        out = model(tokens[:, start : start + seg], state)
-        state = out.state
-        outs.append(out)
-    if not outs:
-        raise ValueError("tokens is empty: a sequence needs at least one token")
-    logits = torch.cat([o.logits for o in outs], dim=1)
-    aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
-    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux)
 
 
 def zero_position(batch_size: int, device: torch.device | str | None) -> Tensor:
