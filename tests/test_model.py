@@ -1,5 +1,5 @@
 """SelectiveMemoryTransformer end to end: streaming == whole sequence, causality, gradient paths
-across segments and BPTT windows, every option combination, long streams, input errors, and the
+across segments and BPTT windows, every option combination, long streams (input errors: test_model_inputs.py), and the
 pitfalls of a segment-recurrent memory (read-before-write, short last segment, ...)."""
 
 from __future__ import annotations
