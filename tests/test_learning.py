@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selmem import SelectiveMemoryTransformer, SelmemConfig
+from selmem import SelectiveMemoryTransformer
+from tests.helpers import tiny_cfg
 
 KEYS, VALUES, NOISE, SEG, PAIRS = 8, 8, 8, 8, 2
 VOCAB = KEYS + VALUES + NOISE
@@ -42,26 +43,9 @@ def train_and_score(
     read: str, seed: int = 0, steps: int = 200, lr: float = 5e-3, batch: int = 32, **overrides
 ) -> float:
     torch.manual_seed(seed)
-    cfg = SelmemConfig(
-        **{
-            **dict(
-                vocab_size=VOCAB,
-                d_model=32,
-                n_layers=2,
-                n_heads=2,
-                mlp_ratio=2,
-                slots=4,
-                d_mem=16,
-                max_segment_len=SEG,
-                read=read,
-                short_conv=4,
-                lambda_sparse=0.0,
-                lambda_rec=0.0,
-                lambda_nce=0.0,
-            ),  # the task alone
-            **overrides,
-        }
-    )
+    # the shared tiny config (width 32, 2 layers, 4 slots), trained on the task alone
+    overrides = dict(read=read, short_conv=4, lambda_sparse=0.0, lambda_rec=0.0, lambda_nce=0.0) | overrides
+    cfg = tiny_cfg(vocab_size=VOCAB, max_segment_len=SEG, **overrides)
     model = SelectiveMemoryTransformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(1000 + seed)  # training data
