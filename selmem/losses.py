@@ -11,15 +11,21 @@ from torch import Tensor
 
 
 def sparsity(gates: list[Tensor], kind: str, rate: float) -> Tensor:
-    """gates: per-layer (B, T) gate values. 'target': (mean g - rate)^2; 'l1': mean g."""
-    g = torch.cat([x.reshape(-1) for x in gates]).mean()
-    return (g - rate) ** 2 if kind == "target" else g
+    """gates: per-layer (B, T) gate values. 'target': mean over layers of (mean g_l - rate)^2,
+    so every layer is held near the rate (a pooled mean would let one layer close and another
+    open to compensate); 'l1': mean g."""
+    if kind == "target":
+        return torch.stack([(x.mean() - rate) ** 2 for x in gates]).mean()
+    return torch.cat([x.reshape(-1) for x in gates]).mean()
 
 
 def reconstruction(decoded: Tensor, feature: Tensor, gate: Tensor) -> Tensor:
     """Gate-weighted MSE between decoded candidates (B, C, d) and the (detached) features they
-    compress (B, C, d): only what is written needs to be recoverable."""
+    compress (B, C, d): only what is written needs to be recoverable. The gate weighs but is not
+    trained by this loss (detached): otherwise it learns to write what is easy to reconstruct,
+    which on recall is the repetitive noise rather than the rare keys and values."""
     err = (decoded - feature.detach()).pow(2).mean(-1)  # (B, C)
+    gate = gate.detach()
     return (gate * err).sum() / gate.sum().clamp_min(1e-6)
 
 

@@ -16,8 +16,10 @@ t = torch.tensor
 @pytest.mark.parametrize(
     "kind, rate, want",
     [
-        pytest.param("target", 0.25, (0.6 - 0.25) ** 2, id="target"),
-        pytest.param("target", 0.6, 0.0, id="target-hit"),
+        # per layer: layer 0 mean 0.75, layer 1 mean 0.0
+        pytest.param("target", 0.25, ((0.75 - 0.25) ** 2 + (0.0 - 0.25) ** 2) / 2, id="target"),
+        # pooled over all 5 gates the mean is 0.6: a pooled target would be hit, per layer it is not
+        pytest.param("target", 0.6, ((0.75 - 0.6) ** 2 + 0.6**2) / 2, id="target-per-layer"),
         pytest.param("l1", 0.25, 0.6, id="l1"),
     ],
 )
@@ -27,6 +29,11 @@ def test_sparsity(kind, rate, want):
         t([[0.0]]),
     ]  # per-layer (B, T); 3 ones in 5 gates: mean 0.6
     assert math.isclose(float(losses.sparsity(gates, kind, rate)), want, abs_tol=1e-7)
+
+
+def test_sparsity_target_is_zero_when_every_layer_hits_it():
+    gates = [t([[0.0, 1.0], [1.0, 0.0]]), t([[0.5, 0.5]])]
+    assert float(losses.sparsity(gates, "target", 0.5)) == 0.0
 
 
 def test_reconstruction_zero_when_decoded_is_feature():
@@ -47,6 +54,15 @@ def test_reconstruction_does_not_move_the_feature():
     dec, f = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 3, 4, requires_grad=True)
     losses.reconstruction(dec, f, torch.rand(2, 3)).backward()
     assert f.grad is None and dec.grad.abs().sum() > 0
+
+
+def test_reconstruction_does_not_train_the_gate():
+    # a gate trained by this loss would learn to write what is easy to reconstruct (on recall: the
+    # noise), so the loss weighs by the gate without moving it
+    dec, f = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 3, 4)
+    g = torch.rand(2, 3, requires_grad=True)
+    losses.reconstruction(dec, f, g).backward()
+    assert g.grad is None and dec.grad.abs().sum() > 0
 
 
 def test_infonce_prefers_aligned_pairs():
