@@ -45,6 +45,9 @@ class CompareConfig:
     """Runs trained at once (separate processes); threads are split between them."""
     name: str = ""
     """Comparison folder under train.out_dir; empty = compare-<task>-<timestamp>."""
+    slots: list[int] = field(default_factory=list)
+    """State-size sweep: train selmem once per slot count here (txl/rmt/armt matched to each
+    size; models whose state does not depend on it are trained once). Empty = the config's slots."""
 
 
 @dataclass
@@ -75,16 +78,26 @@ def matched_config(name: str, cfg: SelmemConfig, target: int) -> SelmemConfig:
 
 
 def plan(base: ExperimentConfig, cc: CompareConfig, out_dir: Path) -> list[ExperimentConfig]:
-    """One experiment per (model, seed), all writing under ``out_dir``."""
+    """One experiment per (model, seed), or per (model, size, seed) with a ``slots`` sweep, all
+    writing under ``out_dir``. Run folders are ``<model>-s<seed>``, ``<model>-m<slots>-s<seed>``
+    in a sweep."""
     base = base.resolved()
-    target = state_size("selmem", base.model)
+    bad = [m for m in cc.slots if m < 1]
+    if bad:
+        raise ValueError(f"--compare.slots must be >= 1, got {bad}")
+    sweep = list(dict.fromkeys(cc.slots)) or [base.model.slots]
     exps = []
     for name in cc.models:
-        model = matched_config(name, base.model, target) if cc.match_state else base.model
-        for seed in cc.seeds:
-            train = replace(base.train, seed=seed, name=f"{name}-s{seed}", out_dir=str(out_dir),
-                            resume=False, progress=False)
-            exps.append(replace(base, arch=name, model=model, train=train))
+        sized = name == "selmem" or STATE_KNOB.get(name) is not None  # state follows the sweep
+        for m in sweep if sized else sweep[:1]:
+            size_cfg = replace(base.model, slots=m) if sized else base.model
+            target = state_size("selmem", size_cfg)
+            model = matched_config(name, size_cfg, target) if cc.match_state else size_cfg
+            tag = f"-m{m}" if sized and len(sweep) > 1 else ""
+            for seed in cc.seeds:
+                train = replace(base.train, seed=seed, name=f"{name}{tag}-s{seed}", out_dir=str(out_dir),
+                                resume=False, progress=False)
+                exps.append(replace(base, arch=name, model=model, train=train))
     return exps
 
 
@@ -104,10 +117,11 @@ def _train_one(exp_dict: dict[str, Any], threads: int) -> dict[str, Any]:
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model: mean and std over seeds of the test metrics, and the run facts."""
+    """One row per model and state size: mean and std over seeds of the test metrics, and the run
+    facts."""
     rows = []
-    for arch in dict.fromkeys(r["arch"] for r in results):
-        runs = [r for r in results if r["arch"] == arch]
+    for arch, floats in dict.fromkeys((r["arch"], r["state_floats"]) for r in results):
+        runs = [r for r in results if r["arch"] == arch and r["state_floats"] == floats]
         acc = [r["test"]["accuracy"] for r in runs]
         bits = [r["test"]["bits_per_token"] for r in runs]
         rows.append({

@@ -19,16 +19,20 @@ def _pyplot():
 
 
 def plot_compare(out_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
-    """``curves.png``: test metric vs step per model (seeds averaged at shared steps);
-    ``state.png``: final test metric vs carried state floats, one point per model."""
+    """``curves.png``: test metric vs step per model and state size (seeds averaged at shared
+    steps); ``state.png``: final test metric vs carried state floats, a line per model."""
     plt = _pyplot()
     lm = results[0]["chance"] is None
     key = "bits_per_token" if lm else "accuracy"
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    sizes_of: dict[str, set[int]] = defaultdict(set)
     for r in results:
+        sizes_of[r["arch"]].add(r["state_floats"])
+    for r in results:  # a model swept over several sizes gets a curve per size
+        label = r["arch"] if len(sizes_of[r["arch"]]) == 1 else f"{r['arch']} ({r['state_floats']:,} floats)"
         for rec in read_metrics(r["run_dir"]):
             if rec.get("split") == "test":
-                curves[r["arch"]][rec["step"]].append(rec[key])
+                curves[label][rec["step"]].append(rec[key])
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch, by_step in curves.items():
         steps = sorted(by_step)

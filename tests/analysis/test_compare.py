@@ -136,3 +136,32 @@ def test_matched_state_is_within_a_knob_step(name):
 def test_models_without_a_knob_are_unchanged(name):
     cfg = SelmemConfig(d_model=32, n_layers=1, n_heads=2, slots=4, d_mem=16)
     assert matched_config(name, cfg, 10_000) == cfg
+
+
+def test_slot_sweep_sizes_the_memory_models_and_trains_the_rest_once(tmp_path):
+    base = smoke(tmp_path)
+    exps = plan(base, CompareConfig(models=["selmem", "txl", "full"], seeds=[0], slots=[2, 8]), tmp_path / "c")
+    assert [e.train.name for e in exps] == ["selmem-m2-s0", "selmem-m8-s0", "txl-m2-s0", "txl-m8-s0", "full-s0"]
+    sizes = {e.train.name: state_size(e.arch, e.model) for e in exps if e.arch != "full"}
+    assert sizes["selmem-m2-s0"] < sizes["selmem-m8-s0"]
+    for m in [2, 8]:  # txl follows selmem's size at each point of the sweep
+        gap = abs(sizes[f"txl-m{m}-s0"] - sizes[f"selmem-m{m}-s0"])
+        assert gap < sizes["selmem-m8-s0"] - sizes["selmem-m2-s0"]
+    assert exps[-1].model == base.resolved().model
+
+
+def test_bad_slot_sweep_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"--compare.slots must be >= 1, got \[0\]"):
+        plan(smoke(tmp_path), CompareConfig(models=["selmem"], slots=[4, 0]), tmp_path / "c")
+
+
+def test_sweep_table_has_a_row_per_size(tmp_path, keep_threads):
+    out_dir, _ = compare(
+        smoke(tmp_path, steps=1, eval_every=1),
+        CompareConfig(models=["selmem"], seeds=[0], workers=1, name="c", slots=[2, 4]),
+    )
+    with (out_dir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["selmem", "selmem"]
+    assert int(rows[0]["state_floats"]) < int(rows[1]["state_floats"])
+    assert (out_dir / "state.png").read_bytes()[:8] == PNG
