@@ -21,7 +21,7 @@ from selmem.config import SelmemConfig, TrainConfig, from_dict, load_yaml
 from selmem.tasks import TASKS
 from selmem.tasks.base import Task
 
-Arch = Literal["selmem", "local", "full", "txl", "rmt", "armt", "lstm"]
+Arch = Literal["selmem", "local", "full", "txl", "rmt", "armt", "lstm", "txl-xtransformers", "rmt-lucidrains"]
 
 # tyro shows each task as a subcommand named like the task: `task:mqar --task.num-pairs 4`
 TaskChoice = Union[tuple(  # noqa: UP007 (a Union built at runtime from the registry)

@@ -9,7 +9,7 @@ import pytest
 import tyro
 import yaml
 
-from selmem.baselines import MODELS
+from selmem.baselines import MODELS, PEERS
 from selmem.config import TrainConfig
 from selmem.experiment import Arch, ExperimentConfig, build
 from selmem.tasks import TASKS, MQARTask
@@ -158,7 +158,7 @@ def test_resolved_takes_the_task_vocabulary(tmp_path):
 
 
 def test_every_arch_builds():
-    assert set(typing.get_args(Arch)) == set(MODELS)
+    assert set(typing.get_args(Arch)) == set(MODELS) | set(PEERS)  # peers: tests/baselines/test_peers.py
     exp = ExperimentConfig.from_dict(tiny()).resolved()
     for arch in MODELS:
         model, task = build(replace(exp, arch=arch))

@@ -28,7 +28,8 @@ from selmem.experiment import ExperimentConfig
 
 # which config field sizes each model's carried state (None: not adjustable)
 STATE_KNOB = {"selmem": None, "local": None, "full": None, "lstm": None,
-              "txl": "slots", "rmt": "slots", "armt": "d_mem"}
+              "txl": "slots", "rmt": "slots", "armt": "d_mem",
+              "txl-xtransformers": "slots", "rmt-lucidrains": "slots"}
 
 
 @dataclass

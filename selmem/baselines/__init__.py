@@ -16,6 +16,7 @@ from selmem.baselines.armt import AssociativeRecurrentMemoryTransformer
 from selmem.baselines.full import FullAttentionTransformer
 from selmem.baselines.local import LocalTransformer
 from selmem.baselines.lstm import LSTMLanguageModel
+from selmem.baselines.peers import LucidrainsRMT, XTransformersXL
 from selmem.baselines.rmt import RecurrentMemoryTransformer
 from selmem.baselines.txl import TransformerXL
 from selmem.config import SelmemConfig
@@ -32,11 +33,19 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
+# the public implementations of txl and rmt (optional packages), trainable by compare; they stream
+# with forward_sequence only, so they are not in MODELS, whose members share the full interface
+PEERS: dict[str, type[nn.Module]] = {
+    "txl-xtransformers": XTransformersXL,
+    "rmt-lucidrains": LucidrainsRMT,
+}
+
+
 def build_model(name: str, cfg: SelmemConfig) -> nn.Module:
-    """The model registered as ``name``, built from ``cfg``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
-    return MODELS[name](cfg)
+    """The model registered as ``name`` (in MODELS or PEERS), built from ``cfg``."""
+    if name not in MODELS and name not in PEERS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS) + sorted(PEERS)}")
+    return (MODELS.get(name) or PEERS[name])(cfg)
 
 
 def params(model: nn.Module) -> int:
@@ -48,11 +57,11 @@ def state_size(name: str, cfg: SelmemConfig, seq_len: int | None = None) -> int:
     """Floats model ``name`` carries per sequence between segments under ``cfg``, without
     building it. ``seq_len`` (tokens streamed so far) is needed by ``full`` only, whose KV cache
     grows with the input; the other models' states are constant."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    if name not in MODELS and name not in PEERS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS) + sorted(PEERS)}")
     if name == "selmem":
         return cfg.state_floats()
-    return MODELS[name].state_floats(cfg, seq_len)
+    return (MODELS.get(name) or PEERS[name]).state_floats(cfg, seq_len)
 
 
-__all__ = ["MODELS", "build_model", "params", "state_size"]
+__all__ = ["MODELS", "PEERS", "build_model", "params", "state_size"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from selmem.analysis.compare import STATE_KNOB, CompareConfig, compare, matched_config, plan
-from selmem.baselines import MODELS, state_size
+from selmem.baselines import MODELS, PEERS, state_size
 from selmem.config import SelmemConfig
 from selmem.experiment import ExperimentConfig
 
@@ -104,7 +104,7 @@ def test_plan_shares_task_and_budget(tmp_path):
 
 
 def test_every_model_has_a_state_knob_entry():
-    assert set(STATE_KNOB) == set(MODELS)
+    assert set(STATE_KNOB) == set(MODELS) | set(PEERS)
     knobs = {f.name for f in fields(SelmemConfig)}
     assert all(k is None or k in knobs for k in STATE_KNOB.values())
 

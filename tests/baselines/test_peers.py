@@ -146,3 +146,42 @@ def test_rmt_gradient_flows_through_memory_in_both() -> None:
 def _ours(model, x):
     out = model.forward_sequence(x, segment_len=SEG)
     return out.logits, out.state.memory
+
+
+# --- the peers behind our interface, as compare trains them ---------------------------------
+def test_xtransformers_peer_streams_like_our_txl() -> None:
+    pytest.importorskip("x_transformers")
+    cfg = tiny()
+    ours, peer = build_model("txl", cfg).double(), build_model("txl-xtransformers", cfg).double().eval()
+    copy_into_xl_peer(ours, peer.net)
+    x = torch.randint(0, V, (B, N))
+    out = peer.forward_sequence(x, segment_len=SEG)
+    torch.testing.assert_close(out.logits, ours.forward_sequence(x, segment_len=SEG).logits, atol=1e-5, rtol=1e-5)
+    assert peer.state_size() == state_size("txl", cfg) == state_size("txl-xtransformers", cfg)
+
+
+@pytest.mark.parametrize("name", ["txl-xtransformers", "rmt-lucidrains"])
+def test_peer_trains_in_compare(name, tmp_path) -> None:
+    pytest.importorskip({"txl-xtransformers": "x_transformers",
+                         "rmt-lucidrains": "recurrent_memory_transformer_pytorch"}[name])
+    from selmem.analysis.compare import CompareConfig, compare
+    from tests.analysis.test_compare import smoke
+
+    threads = torch.get_num_threads()
+    try:
+        out_dir, _ = compare(smoke(tmp_path, steps=2, eval_every=2, batch_size=4),
+                             CompareConfig(models=[name], seeds=[0], workers=1, name="c"))
+    finally:
+        torch.set_num_threads(threads)
+    assert (out_dir / f"{name}-s0" / "results.json").is_file()
+    assert f"| {name} |" in (out_dir / "results.md").read_text()
+
+
+@pytest.mark.parametrize("name, module", [("txl-xtransformers", "x_transformers"),
+                                          ("rmt-lucidrains", "recurrent_memory_transformer_pytorch")])
+def test_missing_peer_package_says_how_to_install_it(name, module, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # makes the import fail, installed or not
+    with pytest.raises(ImportError, match=r"pip install 'selmem\[compare\]'"):
+        build_model(name, tiny())
