@@ -21,6 +21,7 @@ commands:
   eval      evaluate a run's checkpoint        selmem eval runs/NAME
   inspect   pictures of what the memory holds  selmem inspect runs/NAME
   compare   several models, same budget        selmem compare --config configs/recall.yaml
+  bench     speed and memory of every model    selmem bench --config configs/cpu.yaml
   report    comparisons -> docs/RESULTS.md      selmem report runs/compare-NAME
   tasks     list tasks and their parameters    selmem tasks
 
@@ -154,6 +155,18 @@ def cmd_compare(args: list[str]) -> int:
     return 0
 
 
+def cmd_bench(args: list[str]) -> int:
+    from selmem.analysis.bench import BenchArgs, BenchConfig, bench
+    from selmem.experiment import ExperimentConfig
+
+    path, rest = pop_config(args)
+    base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
+    a = tyro.cli(BenchArgs, args=rest, default=BenchArgs(BenchConfig(), base), prog="selmem bench")
+    _, table = bench(a.exp, a.bench)
+    print(f"\n{table}" + (f"\n\nwritten to {a.bench.out}" if a.bench.out else ""))
+    return 0
+
+
 @dataclass
 class ReportArgs:
     """Gather `selmem compare` folders into one markdown page with their plots."""
@@ -180,7 +193,7 @@ def cmd_tasks(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report,
+    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench, "report": cmd_report,
     "tasks": cmd_tasks, "inspect": cmd_inspect,
 }
 

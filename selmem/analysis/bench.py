@@ -1,0 +1,154 @@
+"""selmem bench: speed and memory of every model at one size, on random tokens.
+
+    selmem bench --config configs/cpu.yaml [--bench.models selmem full armt] [--bench.seq-len 1024]
+
+Per model, each in a fresh process (so that peak memory is its own): parameters, carried state
+(floats per sequence at the benchmark's length), training throughput (forward over the whole
+sequence streamed in segments, backward, AdamW step), streaming inference throughput (no
+gradient), and peak memory: the CUDA allocator's peak on a GPU, the process's peak resident set
+on a CPU (which includes Python and torch themselves, about 300 MB). Throughputs are medians
+over ``repeats`` timed steps after ``warmup`` untimed ones. txl/rmt/armt are sized to selmem's
+state as in ``selmem compare``. Targets for speed and memory live here, not in the tests.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from selmem.experiment import ExperimentConfig
+
+
+@dataclass
+class BenchConfig:
+    """What to time, and how long."""
+
+    models: list[str] = field(default_factory=lambda: ["selmem", "local", "full", "txl", "rmt", "armt", "lstm"])
+    """Registered model names."""
+    batch_size: int = 8
+    """Sequences per step."""
+    seq_len: int = 0
+    """Tokens per sequence, streamed in the task's segments; 0 = the task's sequence length."""
+    warmup: int = 2
+    """Untimed steps before timing (allocator and thread-pool warm-up)."""
+    repeats: int = 5
+    """Timed steps; the median is reported."""
+    match_state: bool = True
+    """Size txl/rmt/armt to selmem's carried state, as compare does."""
+    out: str = ""
+    """Also write the table to this markdown file."""
+
+
+@dataclass
+class BenchArgs:
+    """Time every model's training and streaming steps at one size."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    exp: ExperimentConfig = field(default_factory=ExperimentConfig)
+    """Model size, task (vocabulary, segment length), device and threads (--config)."""
+
+
+def _time(fn, warmup: int, repeats: int, sync) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> dict[str, Any]:
+    """Worker: build model ``name`` from the experiment and time it."""
+    import torch
+    import torch.nn.functional as F
+
+    from selmem.analysis.compare import matched_config
+    from selmem.baselines import build_model, params, state_size
+    from selmem.train.loop import resolve_device
+
+    exp, bc = ExperimentConfig.from_dict(exp_dict), BenchConfig(**bc_dict)
+    if exp.train.threads > 0:
+        torch.set_num_threads(exp.train.threads)
+    torch.manual_seed(exp.train.seed)
+    device = resolve_device(exp.train.device)
+    cfg = exp.model
+    if bc.match_state:
+        cfg = matched_config(name, cfg, state_size("selmem", cfg))
+    model = build_model(name, cfg).to(device)
+    N, seg, B = bc.seq_len or exp.task.seq_len, exp.segment_len(), bc.batch_size
+    x = torch.randint(0, cfg.vocab_size, (B, N + 1), device=device)
+    inp, tgt = x[:, :-1], x[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def train_step() -> None:
+        out = model.forward_sequence(inp, seg)
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), tgt.flatten()) + out.losses["aux"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def infer_step() -> None:
+        with torch.no_grad():
+            model.forward_sequence(inp, seg)
+
+    model.train()
+    t_train = _time(train_step, bc.warmup, bc.repeats, sync)
+    model.eval()
+    t_infer = _time(infer_step, bc.warmup, bc.repeats, sync)
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"model": name, "params": params(model), "state_floats": state_size(name, cfg, seq_len=N),
+            "seq_len": N, "batch_size": B, "device": str(device),
+            "train_tokens_per_s": B * N / t_train, "infer_tokens_per_s": B * N / t_infer, "peak_mem_mb": peak}
+
+
+def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]], str]:
+    """Time every model of ``bc`` on ``exp``'s model size and task; return rows and a markdown table."""
+    from selmem.analysis.compare import STATE_KNOB
+
+    unknown = [m for m in bc.models if m not in STATE_KNOB]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(STATE_KNOB)}")
+    for name in ("batch_size", "repeats"):
+        if getattr(bc, name) < 1:
+            raise ValueError(f"--bench.{name.replace('_', '-')} must be >= 1, got {getattr(bc, name)}")
+    if bc.warmup < 0 or bc.seq_len < 0:
+        raise ValueError("--bench.warmup and --bench.seq-len must be >= 0")
+    exp = exp.resolved()
+    exp = replace(exp, model=replace(exp.model, max_segment_len=max(exp.model.max_segment_len, exp.segment_len())))
+    rows = []
+    ctx = mp.get_context("spawn")
+    for name in bc.models:  # one fresh process per model: its peak memory is its own
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            rows.append(pool.submit(bench_one, name, exp.to_dict(), bc.__dict__).result())
+    table = markdown_table(rows)
+    if bc.out:
+        Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(bc.out).write_text(table + "\n")
+    return rows, table
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | params | state floats | train tok/s | stream tok/s | peak MB |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['state_floats']:,} | {r['train_tokens_per_s']:,.0f} | "
+                     f"{r['infer_tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} |")
+    if rows:
+        r = rows[0]
+        lines.append(f"\nbatch {r['batch_size']} x {r['seq_len']} tokens on {r['device']}; "
+                     "median of the timed steps; train = forward + backward + AdamW step.")
+    return "\n".join(lines)
