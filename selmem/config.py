@@ -96,6 +96,12 @@ class SelmemConfig:
     """Weight of the predictive InfoNCE loss (memory before a segment vs. the segment)."""
     nce_temperature: float = 0.1
     """Temperature of the InfoNCE logits."""
+    lambda_score: float = 0.0
+    """Weight of the score bound: mean relu(|s| - score_margin)^2 over head B's scores, which
+    pulls a saturated gate back to where it has a gradient (the router z-loss of ST-MoE, for a
+    sigmoid gate)."""
+    score_margin: float = 4.0
+    """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> SelmemConfig:
@@ -126,7 +132,7 @@ class SelmemConfig:
         for name in ["gumbel_tau", "alloc_temperature", "nce_temperature"]:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "bptt_segments"]:
+        for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "lambda_score", "score_margin", "bptt_segments"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self

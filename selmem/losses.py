@@ -19,6 +19,13 @@ def sparsity(gates: list[Tensor], kind: str, rate: float) -> Tensor:
     return torch.cat([x.reshape(-1) for x in gates]).mean()
 
 
+def score_bound(scores: list[Tensor], margin: float) -> Tensor:
+    """scores: per-layer (B, T) head-B scores. mean over layers of mean relu(|s| - margin)^2: zero
+    while every gate is within sigmoid(+-margin), growing as one saturates. A saturated sigmoid
+    passes no gradient to its score; this term does, so a closed (or stuck open) gate can move."""
+    return torch.stack([(s.abs() - margin).clamp_min(0).pow(2).mean() for s in scores]).mean()
+
+
 def reconstruction(decoded: Tensor, feature: Tensor, gate: Tensor) -> Tensor:
     """Gate-weighted MSE between decoded candidates (B, C, d) and the (detached) features they
     compress (B, C, d): only what is written needs to be recoverable. The gate weighs but is not

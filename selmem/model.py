@@ -37,8 +37,8 @@ class Output:
             kept (B, M), read (B, T, M+R) read attention on the prefix or None,
             provenance_read (B, M) provenance of the slots that were read, then the state after
             the write: usage, age, provenance (B, M).
-    losses: unweighted auxiliary losses 'sparsity', 'reconstruction', 'infonce', and 'aux', their
-            weighted sum, to add to the task loss.
+    losses: unweighted auxiliary losses 'sparsity', 'reconstruction', 'infonce', 'score_bound', and
+            'aux', their weighted sum, to add to the task loss.
     """
 
     logits: Tensor
@@ -102,7 +102,7 @@ class SelectiveMemoryTransformer(nn.Module):
         pos = state.position[:, None] + torch.arange(T, device=tokens.device)  # (B, T) absolute
         hints = self.cache_transform(state.slots)  # (L, B, R, d_mem) or None: top-down hints
         h = self.embed(tokens)  # (B, T, d)
-        new, layer_stats, gates, rec = [], [], [], []
+        new, layer_stats, gates, scores, rec = [], [], [], [], []
         for l, block in enumerate(self.blocks):
             slots, usage, age = state.slots[l], state.usage[l], state.age[l]
             prefix = self.read[l](slots, None if hints is None else hints[l])  # memory before writes
@@ -118,6 +118,7 @@ class SelectiveMemoryTransformer(nn.Module):
                          read_mass, cfg.usage_decay, decay, gate=cand.gate)
             new.append(out)
             gates.append(g)
+            scores.append(score)
             rec.append(losses.reconstruction(self.decoder[l](cand.values), cand.feature, cand.gate))
             layer_stats.append(_detached(gate=g, score=score, cand_gate=cand.gate, cand_pos=cand_pos,
                                          write=a, contrib=out.contrib, kept=out.kept, read=read,
@@ -129,12 +130,14 @@ class SelectiveMemoryTransformer(nn.Module):
             age=torch.stack([o.age for o in new]), provenance=torch.stack([o.provenance for o in new]),
             position=state.position + T,
         )
-        aux = self._losses(tokens, state, gates, rec)
+        aux = self._losses(tokens, state, gates, scores, rec)
         return Output(logits, new_state, {"start": state.position.clone(), "layers": layer_stats}, aux)
 
-    def _losses(self, tokens: Tensor, state: MemoryState, gates: list[Tensor], rec: list[Tensor]) -> dict[str, Tensor]:
+    def _losses(self, tokens: Tensor, state: MemoryState, gates: list[Tensor], scores: list[Tensor],
+                rec: list[Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
         sparse = losses.sparsity(gates, cfg.sparsity, cfg.write_rate)
+        bound = losses.score_bound(scores, cfg.score_margin)
         recon = torch.stack(rec).mean()
         if bool((state.position > 0).all()):  # the memory has seen a segment: can it predict this one?
             memory = self.nce_memory(state.slots.mean(dim=(0, 2)))  # (B, d)
@@ -142,8 +145,8 @@ class SelectiveMemoryTransformer(nn.Module):
             nce = losses.infonce(memory, segment, cfg.nce_temperature)
         else:
             nce = sparse * 0.0
-        aux = cfg.lambda_sparse * sparse + cfg.lambda_rec * recon + cfg.lambda_nce * nce
-        return {"sparsity": sparse, "reconstruction": recon, "infonce": nce, "aux": aux}
+        aux = cfg.lambda_sparse * sparse + cfg.lambda_rec * recon + cfg.lambda_nce * nce + cfg.lambda_score * bound
+        return {"sparsity": sparse, "reconstruction": recon, "infonce": nce, "score_bound": bound, "aux": aux}
 
     # ------------------------------------------------------------------------------------------
     def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,

@@ -65,6 +65,21 @@ def test_reconstruction_does_not_train_the_gate():
     assert g.grad is None and dec.grad.abs().sum() > 0
 
 
+def test_score_bound_is_zero_inside_the_margin_and_quadratic_outside():
+    inside = [t([[3.9, -3.9, 0.0]])]
+    assert float(losses.score_bound(inside, 4.0)) == 0.0
+    scores = [t([[6.0, -4.0]]), t([[-9.0, 1.0]])]  # excess 2 and 0; 5 and 0
+    assert math.isclose(float(losses.score_bound(scores, 4.0)), ((4 + 0) / 2 + (25 + 0) / 2) / 2)
+
+
+def test_score_bound_moves_a_saturated_score_back():
+    # at s = -20 the sigmoid passes ~2e-9 of any gradient; the bound passes 2 * (20 - 4) / 2 per token
+    s = t([[-20.0, 0.0]], requires_grad=True)
+    losses.score_bound([s], 4.0).backward()
+    assert torch.sigmoid(t(-20.0)) < 1e-8
+    assert s.grad[0, 0] == -16.0 and s.grad[0, 1] == 0.0  # descent raises the closed gate's score
+
+
 def test_infonce_prefers_aligned_pairs():
     mem = torch.randn(8, 16)
     aligned = losses.infonce(mem, mem + 0.1 * torch.randn(8, 16), 0.1)

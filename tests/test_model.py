@@ -71,7 +71,7 @@ def test_output_shapes_and_stats():
     assert layer["write"].shape == layer["contrib"].shape == (3, 6, cfg.slots)
     R = cfg.slots  # cache transform hints, no meta-cache
     assert layer["read"].shape == (3, 6, cfg.slots + R)
-    assert set(out.losses) == {"sparsity", "reconstruction", "infonce", "aux"}
+    assert set(out.losses) == {"sparsity", "reconstruction", "infonce", "score_bound", "aux"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
 
 
