@@ -112,7 +112,7 @@ def _train_one(exp_dict: dict[str, Any], threads: int) -> dict[str, Any]:
     exp = ExperimentConfig.from_dict(exp_dict)
     t0 = time.time()
     res = train(exp)
-    print(f"  {exp.arch:<7} seed {exp.train.seed}: test accuracy {res['test']['accuracy']:.3f} "
+    print(f"  {exp.train.name:<12}: test accuracy {res['test']['accuracy']:.3f} "
           f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     return res
 
