@@ -17,15 +17,16 @@ both carry the same state as ours.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from selmem.baselines.base import check_tokens
 from selmem.baselines.rmt import RecurrentMemoryTransformer
 from selmem.baselines.txl import TransformerXL
 from selmem.config import SelmemConfig
-from selmem.model import Output
+from selmem.model import Output, run_segments
 
 
 def _need(module: str, package: str) -> Any:
@@ -37,8 +38,22 @@ def _need(module: str, package: str) -> Any:
         raise ImportError(f"this peer model needs the {package} package: pip install 'selmem[compare]'") from None
 
 
+@dataclass
+class PeerState:
+    """A peer package's own carried memory: a tensor, a list of tensors, or None (fresh)."""
+
+    memory: Any = None
+
+    def detach(self) -> PeerState:
+        m = self.memory
+        if m is None or isinstance(m, Tensor):
+            return PeerState(None if m is None else m.detach())
+        return PeerState([x.detach() for x in m])
+
+
 class _Peer(nn.Module):
-    """Streams a peer package's model over segments; the carried memory is the peer's own."""
+    """A peer package's model behind our segment interface; ``forward_sequence`` is the same
+    ``run_segments`` loop as ours (segments, truncated BPTT, concatenated logits)."""
 
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()
@@ -54,28 +69,15 @@ class _Peer(nn.Module):
     def state_size(self, seq_len: int | None = None) -> int:
         return self.state_floats(self.cfg, seq_len)
 
-    def forward_sequence(self, tokens: Tensor, segment_len: int | None = None, state: Any = None) -> Output:
-        """(B, N) -> logits (B, N, V), streaming segments of ``segment_len`` through the peer and
-        detaching its memory every ``bptt_segments`` segments, as ``run_segments`` does for ours."""
-        seg = segment_len or self.cfg.max_segment_len
-        if not 1 <= seg <= self.cfg.max_segment_len:
-            raise ValueError(f"segment_len must be in [1, max_segment_len={self.cfg.max_segment_len}], got {seg}")
-        K, mem, logits = self.cfg.bptt_segments, state, []
-        for i, start in enumerate(range(0, tokens.shape[1], seg)):
-            if K and i and i % K == 0:
-                mem = _detach(mem)
-            lg, mem = self.segment(tokens[:, start : start + seg].long(), mem)
-            logits.append(lg)
-        zero = logits[0].new_zeros(())
-        return Output(torch.cat(logits, 1), mem, {}, {"aux": zero})
+    def forward(self, tokens: Tensor, state: PeerState | None = None) -> Output:
+        """One segment (B, T) -> logits (B, T, V) and the peer's memory after it."""
+        check_tokens(tokens, self.cfg)
+        logits, mem = self.segment(tokens.long(), None if state is None else state.memory)
+        return Output(logits, PeerState(mem), {}, {"aux": logits.new_zeros(())})
 
-
-def _detach(mem: Any) -> Any:
-    if mem is None:
-        return None
-    if isinstance(mem, Tensor):
-        return mem.detach()
-    return [m.detach() for m in mem]
+    def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,
+                         state: PeerState | None = None) -> Output:
+        return run_segments(self, tokens, segment_len, state)
 
 
 class XTransformersXL(_Peer):

@@ -29,16 +29,11 @@ def tiny() -> SelmemConfig:
 
 # --- Transformer-XL vs x-transformers ---------------------------------------------------------
 def xl_peer(cfg: SelmemConfig):
-    """x-transformers' model equivalent to our `txl` for ``cfg``: pre-norm RMSNorm decoder with
-    full-width rotary positions, GELU MLP with biases, no absolute positions, mem_len = slots."""
-    xt = pytest.importorskip("x_transformers")
-    D = cfg.d_model // cfg.n_heads
-    return xt.TransformerWrapper(
-        num_tokens=cfg.vocab_size, max_seq_len=cfg.max_segment_len, max_mem_len=cfg.slots,
-        use_abs_pos_emb=False,
-        attn_layers=xt.Decoder(dim=cfg.d_model, depth=cfg.n_layers, heads=cfg.n_heads,
-                               attn_dim_head=D, ff_mult=cfg.mlp_ratio, use_rmsnorm=True,
-                               rotary_pos_emb=True, rotary_emb_dim=D))
+    """x-transformers' model equivalent to our `txl` for ``cfg`` (built by the compare adapter):
+    pre-norm RMSNorm decoder with full-width rotary positions, GELU MLP with biases, no absolute
+    positions, mem_len = slots."""
+    pytest.importorskip("x_transformers")
+    return build_model("txl-xtransformers", cfg).net
 
 
 def copy_into_xl_peer(ours: torch.nn.Module, peer: torch.nn.Module) -> None:
@@ -90,16 +85,12 @@ def test_txl_matches_x_transformers_xl_recurrence() -> None:
 
 # --- RMT vs recurrent-memory-transformer-pytorch ----------------------------------------------
 def rmt_peer(cfg: SelmemConfig):
-    """lucidrains' RMT closest to our `rmt` for ``cfg``: M = slots memory tokens, rotary
-    positions only, one residual stream, no XL memories; ``add_write_to_next_write_mem`` makes
-    its write tokens start from the carried memory, as in the paper and in ours."""
-    rmtp = pytest.importorskip("recurrent_memory_transformer_pytorch")
-    return rmtp.RecurrentMemoryTransformer(
-        cfg.d_model, num_tokens=cfg.vocab_size, depth=cfg.n_layers, num_memory_tokens=cfg.slots,
-        seq_len=cfg.max_segment_len, heads=cfg.n_heads, dim_head=cfg.d_model // cfg.n_heads,
-        ff_mult=cfg.mlp_ratio, abs_pos_emb=False, rotary_pos_emb=True, use_xl_memories=False,
-        num_residual_streams=1, add_write_to_next_write_mem=True, next_write_mem_stop_grad=False,
-        emb_gradient_frac=1.0)
+    """lucidrains' RMT closest to our `rmt` for ``cfg`` (built by the compare adapter): M = slots
+    memory tokens, rotary positions only, one residual stream, no XL memories;
+    ``add_write_to_next_write_mem`` makes its write tokens start from the carried memory, as in
+    the paper and in ours."""
+    pytest.importorskip("recurrent_memory_transformer_pytorch")
+    return build_model("rmt-lucidrains", cfg).net
 
 
 def _stream_peer(peer, x):
