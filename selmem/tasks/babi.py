@@ -29,6 +29,13 @@ on Python 3.11 (seq_len 252; byte offsets, 0-77 PAD, single spaces between sente
     245       ANSWER                                   scored, target "b"
     246..251  b e d r o o                              scored, targets "e d r o o m"
 
+Shortcuts: none to remove, so this task has no hard-layout options. Which facts are relevant
+depends on the question at the end (which person, which object), every fact uses the same words,
+and facts sit at random places in filler of varying length. The lookup tables of
+``selmem.tasks.shortcuts`` stay far from the mask (F1 about 0.1 at the defaults with
+``segment_len=64``, about 0.3 at ``haystack_tokens=200, num_facts=4``); only a degenerate story
+gives it away (``num_facts=1`` without filler: the one fact is all the text, position F1 >= 0.9).
+
 Chance for naming a location is ``1/6``.
 """
 

@@ -19,6 +19,12 @@ Worked example, ``InductionTask(seq_len=8, vocab=4)`` (data ids 2-5), train batc
     relevant         ^
     source at 7: [2, 3)
 
+Shortcuts: none to remove, so this task has no hard-layout options. The answer is a random data
+id, like every other token but the triggers, at a uniform position; only context (TRIGGER right
+before it) says it is worth keeping, which is the layout the other recall tasks reach with
+``shared_ids``. A lookup table on (id, segment) or on position (``selmem.tasks.shortcuts``) does
+no better than predicting "relevant" for every data token: F1 about ``2/seq_len``.
+
 Chance accuracy is ``1/vocab``.
 """
 

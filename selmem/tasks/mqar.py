@@ -28,6 +28,26 @@ num_segments=3, noise_vocab=2)`` (keys 1-4, values 5-8, noise 9-10), train batch
     relevant   ^  ^  ^  ^
     source at 12: [2, 4)    source at 14: [0, 2)
 
+The layout above gives the answer away: a lookup table on (id, segment) finds every pair token
+(``selmem.tasks.shortcuts``). The hard layout removes both shortcuts:
+
+- ``placement="random"``: pairs (and queries) sit at random, non-overlapping positions;
+- ``noise="shared"``, ``marked=True``: noise is drawn from every key, value and noise id, the
+  row's own keys included, and each pair is announced by a SET token (each query by ASK). Only
+  context says what matters: a key is worth keeping because SET came before it;
+- ``context_segments=S``: pair i sits in segment ``i mod S``, so the pairs span several segments.
+
+Hard row, ``MQARTask(num_pairs=2, num_keys=4, num_values=4, segment_len=8, num_segments=3,
+noise_vocab=2, placement="random", noise="shared", marked=True)`` (SET = 11, ASK = 12; ids
+1-10 all appear as noise), train batch 0, seed 0::
+
+    position   0  1  2  3  4  5  6  7 |  8  9 10 11 12 13 14 15 | 16 17 18 19 20 21 22 23
+    tokens    10 11  4  5 11  3  8  9 |  7  1  4  9  6  1  8  8 |  9 12  3  8 12  4  5  3
+    targets    .  .  .  .  .  .  .  . |                         |  .  .  8  .  .  5  .  .
+    loss_mask                                                            ^        ^
+    relevant         ^  ^     ^  ^
+    source at 18: [5, 7)    source at 21: [2, 4)    (key 4 is also noise at 10, key 3 at 23)
+
 Curriculum: for split "train" with ``curriculum_steps > 0``, batch ``index`` uses
 ``n = min_pairs + round((num_pairs - min_pairs) * min(1, index / curriculum_steps))`` pairs
 (Python's ``round``); the test split always uses ``num_pairs``. Chance accuracy is ``1/V``.
@@ -36,13 +56,14 @@ Curriculum: for split "train" with ``curriculum_steps > 0``, batch ``index`` use
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from selmem.tasks.base import Batch, Task
 from selmem.tasks.common import (
     check_batch_args,
+    check_choice,
     check_int,
     empty_source,
     make_batch,
@@ -76,13 +97,41 @@ class MQARTask(Task):
     survive fewer noise segments."""
     curriculum_steps: int = 0
     """Train batches over which pairs (and segments) ramp to num_pairs (num_segments); 0 = none."""
+    placement: Literal["fixed", "random"] = "fixed"
+    """'fixed': pairs at offsets 0..2n-1 of segment 0, queries at the same offsets of the last
+    segment (position alone says what matters); 'random': pairs at random, non-overlapping
+    positions of the context segments, queries at random positions of the last segment."""
+    noise: Literal["disjoint", "shared"] = "disjoint"
+    """'disjoint': noise uses its own ids; 'shared': noise is drawn from every key, value and noise
+    id, the row's own keys included, so a key id says nothing (needs marked=True)."""
+    marked: bool = False
+    """Precede each pair by a SET token and each query by an ASK token: with shared noise, the
+    context (a SET before it) is the only thing that tells a pair from noise."""
+    context_segments: int = 1
+    """Segments the pairs are spread over (pair i goes to segment i mod context_segments);
+    must leave the last segment for the queries."""
     seed: int = 0
     """Seed of the train/test streams (see Task.rng)."""
 
     @property
     def vocab_size(self) -> int:
-        """PAD + keys + values + noise ids."""
+        """PAD + keys + values + noise ids (+ SET and ASK when marked)."""
+        return 1 + self.num_keys + self.num_values + self.noise_vocab + 2 * self.marked
+
+    @property
+    def set_id(self) -> int:
+        """The SET marker (only used when marked)."""
         return 1 + self.num_keys + self.num_values + self.noise_vocab
+
+    @property
+    def ask_id(self) -> int:
+        """The ASK marker (only used when marked)."""
+        return self.set_id + 1
+
+    @property
+    def width(self) -> int:
+        """Tokens one pair (or query) takes: 2, or 3 with its marker."""
+        return 2 + int(self.marked)
 
     @property
     def seq_len(self) -> int:
@@ -101,7 +150,20 @@ class MQARTask(Task):
         check_int("noise_vocab", self.noise_vocab, 1)
         check_int("segment_len", self.segment_len, 2)
         check_int("num_segments", self.num_segments, 2)
-        check_int("num_pairs", self.num_pairs, 1, min(self.num_keys, self.segment_len // 2))
+        check_choice("placement", self.placement, ("fixed", "random"))
+        check_choice("noise", self.noise, ("disjoint", "shared"))
+        if not isinstance(self.marked, bool):
+            raise ValueError(f"marked must be a bool, got {self.marked!r}")
+        if self.noise == "shared" and not self.marked:
+            raise ValueError("noise='shared' needs marked=True: without a SET marker nothing in the input "
+                             "tells a pair from noise that uses the same ids")
+        check_int("context_segments", self.context_segments, 1, self.num_segments - 1)
+        per_segment = -(-self.num_pairs // self.context_segments)
+        check_int("num_pairs", self.num_pairs, 1, self.num_keys)
+        if per_segment * self.width > self.segment_len or self.num_pairs * self.width > self.segment_len:
+            raise ValueError(f"num_pairs must be small enough to fit a segment: {self.num_pairs} pairs of "
+                             f"{self.width} tokens ({per_segment} per context segment) and as many queries need more than "
+                             f"segment_len={self.segment_len}")
         check_int("curriculum_steps", self.curriculum_steps, 0)
         if self.curriculum_steps > 0:
             check_int("min_pairs", self.min_pairs, 1, self.num_pairs)
@@ -129,30 +191,56 @@ class MQARTask(Task):
         check_batch_args(index, batch_size)
         rng = self.rng(split, index)
         segments = self.segments_at(split, index)
-        n, B, N = self.pairs_at(split, index), batch_size, segments * self.segment_len
+        n, B, T = self.pairs_at(split, index), batch_size, self.segment_len
+        N = segments * T
         key0, val0, noise0 = 1, 1 + self.num_keys, 1 + self.num_keys + self.num_values
 
         keys = key0 + random_subsets(rng, B, self.num_keys, n)  # (B, n) distinct per row
         values = val0 + rng.integers(0, self.num_values, size=(B, n))  # (B, n)
         order = random_subsets(rng, B, n, n)  # (B, n): query j asks pair order[:, j]
-        tokens = noise0 + rng.integers(0, self.noise_vocab, size=(B, N))  # (B, N) noise
+        if self.noise == "shared":  # any key, value or noise id, the row's own keys included
+            tokens = 1 + rng.integers(0, self.num_keys + self.num_values + self.noise_vocab, size=(B, N))
+        else:
+            tokens = noise0 + rng.integers(0, self.noise_vocab, size=(B, N))  # (B, N) noise
 
-        pair_pos = 2 * np.arange(n)  # key positions in segment 0
-        tokens[:, pair_pos] = keys
-        tokens[:, pair_pos + 1] = values
-        start = (segments - 1) * self.segment_len
-        query_pos = start + pair_pos  # query key positions in the last segment
+        ctx = min(self.context_segments, segments - 1)  # the curriculum may shorten the row
+        seg_of = np.arange(n) % ctx  # pair i lives in context segment i mod ctx
+        key_pos = np.empty((B, n), dtype=np.int64)  # first token of pair i (its SET when marked)
+        for s in range(ctx):
+            idx = np.flatnonzero(seg_of == s)
+            key_pos[:, idx] = s * T + self._offsets(rng, B, len(idx))
+        start = (segments - 1) * T
+        query_pos = start + self._offsets(rng, B, n)  # (B, n) first token of query j
         rows = np.arange(B)[:, None]
-        tokens[:, query_pos] = keys[rows, order]
-        tokens[:, query_pos + 1] = values[rows, order]
+        m = int(self.marked)
+        if m:
+            tokens[rows, key_pos] = self.set_id
+            tokens[rows, query_pos] = self.ask_id
+        tokens[rows, key_pos + m] = keys
+        tokens[rows, key_pos + m + 1] = values
+        tokens[rows, query_pos + m] = keys[rows, order]
+        tokens[rows, query_pos + m + 1] = values[rows, order]
 
+        asked = query_pos + m  # scored: the query key, whose next token is its value
         targets = np.zeros((B, N), dtype=np.int64)
-        targets[:, query_pos] = values[rows, order]
+        targets[rows, asked] = values[rows, order]
         loss_mask = np.zeros((B, N), dtype=bool)
-        loss_mask[:, query_pos] = True
+        loss_mask[rows, asked] = True
         relevant = np.zeros((B, N), dtype=bool)
-        relevant[:, : 2 * n] = True
+        relevant[rows, key_pos + m] = True
+        relevant[rows, key_pos + m + 1] = True
         source = empty_source(B, N)
-        source[:, query_pos, 0] = 2 * order
-        source[:, query_pos, 1] = 2 * order + 2
+        pair_key = key_pos[rows, order] + m  # (B, n) where the asked pair's key sits
+        source[rows, asked, 0] = pair_key
+        source[rows, asked, 1] = pair_key + 2
         return make_batch(tokens, targets, loss_mask, relevant, source)
+
+    def _offsets(self, rng: np.random.Generator, B: int, n: int) -> np.ndarray:
+        """(B, n) start offsets inside one segment of n non-overlapping items of ``width`` tokens:
+        ``0, w, 2w, ...`` for 'fixed'; uniform over all non-overlapping placements for 'random'
+        (draw n sorted gaps from the segment with (w - 1) tokens per item removed, then spread)."""
+        w = self.width
+        if self.placement == "fixed":
+            return np.broadcast_to(w * np.arange(n), (B, n)).copy()
+        free = self.segment_len - n * (w - 1)
+        return np.sort(random_subsets(rng, B, free, n), axis=1) + (w - 1) * np.arange(n)

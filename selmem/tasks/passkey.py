@@ -28,6 +28,31 @@ Worked example, ``PasskeyTask(length=12, key_len=2)``, train batch 0, seed 0 (p 
     relevant                  ^  ^
     source at 10: [5, 6)   at 11: [6, 7)           (passkey "86")
 
+Hard layout. The default gives the answer away: the digits are the only digit ids before the
+tail, so a lookup table on (id, segment) finds them without reading context
+(``selmem.tasks.shortcuts``). Two options remove that:
+
+- ``shared_ids=True``: filler is drawn from the digit ids (random digits, or the cycle
+  ``1 2 .. 10 1 2 ..`` for "repeat"); a digit belongs to the passkey only because KEY came
+  before it. Ids and ``vocab_size`` are unchanged (ids 13-20 go unused).
+- ``needles=n``: the passkey is split into n pieces (``piece_lens()``: as even as possible, longer
+  first), each after its own KEY, at random non-overlapping depths of the first ``N - k``
+  positions; read in row order they spell the passkey, so the passkey is spread over the row.
+
+``targets``, ``loss_mask`` and the tail are as above; ``relevant`` marks the k passkey digits (not
+the KEYs) and ``source`` at ``N-k+j`` is the one-token span of digit j+1 wherever it sits.
+
+Worked example, ``PasskeyTask(length=18, key_len=4, filler="random", shared_ids=True,
+needles=2)``, train batch 0, seed 0 (pieces of 2 digits; KEYs at 1 and 11)::
+
+    position   0  1  2  3  4  5  6  7  8  9 10 11 12 13 14 15 16 17
+    tokens     4 11  9  7  8  8  9  2  1  9  1 11  6  3 12  9  7  6
+    targets    .  .  .  .  .  .  .  .  .  .  .  .  .  .  9  7  6  3
+    loss_mask                                            ^  ^  ^  ^
+    relevant         ^  ^                          ^  ^
+    source at 14: [2, 3)  at 15: [3, 4)  at 16: [12, 13)  at 17: [13, 14)   (passkey "8652";
+    digit 8 is also filler at 6 and 9)
+
 Chance accuracy per digit is 1/10.
 """
 
@@ -40,7 +65,14 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from selmem.tasks.base import Batch, Task
-from selmem.tasks.common import check_batch_args, check_choice, check_int, empty_source, make_batch
+from selmem.tasks.common import (
+    check_batch_args,
+    check_choice,
+    check_int,
+    empty_source,
+    make_batch,
+    random_subsets,
+)
 
 DIGIT0, KEY, QUERY, FILLER0 = 1, 11, 12, 13
 FILLER_VOCAB = 8  # filler ids 13..20
@@ -55,9 +87,16 @@ class PasskeyTask(Task):
     length: int = 256
     """Total tokens per row (the haystack length); change it for evaluation with with_length()."""
     key_len: int = 5
-    """Digits in the passkey; needs length >= 2*key_len + 1."""
+    """Digits in the passkey; needs length >= 2*key_len + needles."""
     filler: Literal["repeat", "random"] = "repeat"
     """Filler: "repeat" = a fixed cyclic pattern (the classic passkey), "random" = uniform noise."""
+    shared_ids: bool = False
+    """Hard layout: filler is drawn from the digit ids (its cycle, for "repeat", runs over the
+    digits), so a digit is part of the passkey only because a KEY came before it."""
+    needles: int = 1
+    """Pieces the passkey is split into (the first key_len % needles one digit longer), each after
+    its own KEY at a random, non-overlapping depth; read in row order they spell the passkey.
+    Needs needles <= key_len and length >= 2*key_len + needles."""
     seed: int = 0
     """Seed of the train/test streams (see Task.rng)."""
 
@@ -85,8 +124,11 @@ class PasskeyTask(Task):
     def validate(self) -> None:
         """Raise ValueError naming the first impossible field."""
         check_int("key_len", self.key_len, 1)
-        check_int("length", self.length, 2 * self.key_len + 1)
+        check_int("needles", self.needles, 1, self.key_len)
+        check_int("length", self.length, 2 * self.key_len + self.needles)
         check_choice("filler", self.filler, ("repeat", "random"))
+        if not isinstance(self.shared_ids, bool):
+            raise ValueError(f"shared_ids must be a bool, got {self.shared_ids!r}")
         check_int("seed", self.seed, 0)
 
     def batch(self, split: str, index: int, batch_size: int) -> Batch:
@@ -97,14 +139,14 @@ class PasskeyTask(Task):
         B, N, k = batch_size, self.length, self.key_len
 
         digits = DIGIT0 + rng.integers(0, 10, size=(B, k))  # (B, k)
-        start = rng.integers(0, N - 2 * k, size=B)  # (B,) KEY position p in [0, N-2k-1]
+        key_pos, digit_pos = self._needle_positions(rng, B)  # (B, needles), (B, k)
+        first, count = (DIGIT0, 10) if self.shared_ids else (FILLER0, FILLER_VOCAB)
         if self.filler == "repeat":
-            tokens = np.broadcast_to(FILLER0 + np.arange(N) % FILLER_VOCAB, (B, N)).copy()
+            tokens = np.broadcast_to(first + np.arange(N) % count, (B, N)).copy()
         else:
-            tokens = FILLER0 + rng.integers(0, FILLER_VOCAB, size=(B, N))
+            tokens = first + rng.integers(0, count, size=(B, N))
         rows = np.arange(B)[:, None]
-        digit_pos = start[:, None] + 1 + np.arange(k)  # (B, k) needle digit positions
-        tokens[np.arange(B), start] = KEY
+        tokens[rows, key_pos] = KEY
         tokens[rows, digit_pos] = digits
         tail = N - k + np.arange(k)  # scored positions
         tokens[:, N - k] = QUERY
@@ -120,3 +162,32 @@ class PasskeyTask(Task):
         source[:, tail, 0] = digit_pos
         source[:, tail, 1] = digit_pos + 1
         return make_batch(tokens, targets, loss_mask, relevant, source)
+
+    def piece_lens(self) -> list[int]:
+        """Digits in each needle: key_len split as evenly as possible, longer pieces first.
+
+        >>> PasskeyTask(key_len=5, needles=2).piece_lens()
+        [3, 2]
+        """
+        q, r = divmod(self.key_len, self.needles)
+        return [q + (i < r) for i in range(self.needles)]
+
+    def _needle_positions(self, rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, needles) KEY positions and (B, key_len) digit positions, all before ``length - k``.
+
+        The needles are ``needles`` items of ``1 + piece`` tokens in the first ``N - k`` positions:
+        n sorted slots ``s`` drawn from ``range(N - 2k)`` (the region with each needle shrunk to one
+        token) are spread back out, so KEY i sits at ``s_i`` plus the digits of needles before it,
+        and passkey digit j, if it is in needle i, at ``s_i + 1 + j``. One needle draws its slot as
+        the original layout did, so default rows are unchanged.
+        """
+        N, k, n = self.length, self.key_len, self.needles
+        if n == 1:
+            slots = rng.integers(0, N - 2 * k, size=B)[:, None]  # (B, 1) KEY p in [0, N-2k-1]
+        else:
+            slots = np.sort(random_subsets(rng, B, N - 2 * k, n), axis=1)  # (B, n) increasing
+        lens = np.array(self.piece_lens())
+        before = np.cumsum(lens) - lens  # digits of the needles before needle i
+        key_pos = slots + before
+        digit_pos = slots[:, np.repeat(np.arange(n), lens)] + 1 + np.arange(k)
+        return key_pos, digit_pos

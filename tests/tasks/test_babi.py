@@ -18,6 +18,7 @@ from selmem.tasks.babi import (
     TAKE_VERBS,
     filler_sentences,
 )
+from selmem.tasks.shortcuts import RULES, shortcut_f1
 
 NAME = "|".join(ACTORS)
 MOVE = re.compile(rf"\b({NAME}) (?:{'|'.join(MOVE_VERBS)}) the ({'|'.join(LOCATIONS)})\.")
@@ -122,3 +123,20 @@ def test_filler_is_real_text_without_story_words():
 def test_validate_names_the_field(field, params):
     with pytest.raises(ValueError, match=rf"^{field} must be"):
         build_task("babi", **params)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("question", ["single", "two"])
+def test_no_shortcut_in_filler(rule, question):
+    """Which fact matters depends on the question, and facts sit anywhere in the filler."""
+    task = BabiTask(haystack_tokens=200, num_facts=4, question=question)
+    assert shortcut_f1(task, rule, segment_len=32, batches=4, batch_size=16) <= 0.8
+
+
+def test_a_lone_fact_is_caught():
+    """The scorer sees a shortcut where there is one: with one fact and no filler, it is all there is."""
+    lone, hard = (
+        shortcut_f1(BabiTask(haystack_tokens=h, num_facts=n), "position", segment_len=32, batches=4, batch_size=16)
+        for h, n in [(0, 1), (200, 4)]
+    )
+    assert lone >= 0.9 and lone > hard + 0.5

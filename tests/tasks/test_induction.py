@@ -6,6 +6,7 @@ import pytest
 
 from selmem.tasks import InductionTask, build_task
 from selmem.tasks.induction import TRIGGER
+from selmem.tasks.shortcuts import RULES, shortcut_f1
 
 
 def test_oracle_reads_the_token_after_the_trigger():
@@ -32,3 +33,12 @@ def test_shortest_row():
 def test_validate_names_the_field(field, params):
     with pytest.raises(ValueError, match=rf"^{field} must be"):
         build_task("induction", **params)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("seq_len, segment_len", [(64, 16), (128, 32)])
+def test_no_shortcut_even_by_default(rule, seq_len, segment_len):
+    """The answer is a random data id at a random place: no table beats "every data token"."""
+    task = InductionTask(seq_len=seq_len)
+    assert shortcut_f1(task, rule, segment_len=segment_len) <= 0.8
+    assert shortcut_f1(task, rule, segment_len=segment_len) <= 2 / (seq_len - 1) + 0.02

@@ -121,3 +121,88 @@ def test_distance_curriculum_grows_segments_and_keeps_queries_last():
 def test_min_segments_is_validated():
     with pytest.raises(ValueError, match="min_segments"):
         build_task("mqar", num_segments=3, min_segments=5, curriculum_steps=10)
+
+
+# --- the hard layout: only context says what matters ----------------------------------------
+HARD = dict(num_pairs=4, num_keys=16, num_values=16, segment_len=16, num_segments=4, noise_vocab=16,
+            placement="random", noise="shared", marked=True, context_segments=2)
+
+
+def hard_oracle(task: MQARTask, row: list[int]) -> tuple[dict[int, int], set[int]]:
+    """({scored position: value}, relevant positions) from the tokens alone: a pair is the two
+    tokens after a SET, a query the key after an ASK; nothing else is read."""
+    memory, relevant, answers = {}, set(), {}
+    for t in range(len(row) - 2):
+        if row[t] == task.set_id:
+            memory[row[t + 1]] = row[t + 2]
+            relevant |= {t + 1, t + 2}
+        elif row[t] == task.ask_id:
+            answers[t + 1] = memory[row[t + 1]]
+    return answers, relevant
+
+
+@pytest.mark.parametrize("params", [HARD, dict(HARD, context_segments=1, num_pairs=3),
+                                    dict(HARD, noise="disjoint"), dict(HARD, placement="fixed")],
+                         ids=["hard", "one-context-segment", "disjoint-noise", "fixed-marked"])
+def test_hard_oracle_recovers_targets_and_relevant(params):
+    task = MQARTask(**params)
+    batch = task.batch("test", 3, 16)
+    for b in range(16):
+        answers, relevant = hard_oracle(task, batch.tokens[b].tolist())
+        assert sorted(answers) == batch.loss_mask[b].nonzero().flatten().tolist()
+        assert all(batch.targets[b, t] == v for t, v in answers.items())
+        assert relevant == set(batch.relevant[b].nonzero().flatten().tolist())
+        for t in answers:  # the source span is the asked pair: key then value
+            start, end = batch.source[b, t].tolist()
+            assert end == start + 2 and batch.tokens[b, start] == batch.tokens[b, t]
+
+
+def test_hard_noise_shares_every_id_and_pairs_move():
+    task = MQARTask(**HARD)
+    batch = task.batch("train", 0, 64)
+    noise = batch.tokens[~batch.relevant & (batch.tokens < task.set_id)]
+    assert set(noise.tolist()) == set(range(1, task.set_id)), "noise holds every key, value and noise id"
+    first = batch.relevant.float().argmax(1)
+    assert len(set(first.tolist())) > 4, "pairs sit at different positions in different rows"
+    seg = task.segment_len
+    assert batch.relevant[:, :seg].any(1).all() and batch.relevant[:, seg : 2 * seg].any(1).all(), \
+        "pairs are spread over both context segments"
+    assert not batch.relevant[:, 2 * seg :].any()
+
+
+@pytest.mark.parametrize("rule", ["id-segment", "position"])
+def test_hard_layout_defeats_context_free_rules(rule):
+    from selmem.tasks.shortcuts import shortcut_f1
+
+    assert shortcut_f1(MQARTask(**HARD), rule) <= 0.8
+    cpu = dict(HARD, num_pairs=8, num_keys=32, num_values=32, segment_len=32)
+    assert shortcut_f1(MQARTask(**cpu), rule) <= 0.8
+
+
+def test_shipped_layout_is_caught_by_a_context_free_rule():
+    from selmem.tasks.shortcuts import shortcut_f1
+
+    assert shortcut_f1(MQARTask(num_pairs=4, num_keys=16, num_values=16, segment_len=16), "id-segment") == 1.0
+
+
+def test_hard_layout_with_curriculum_keeps_a_query_segment():
+    task = MQARTask(**dict(HARD, min_pairs=2, min_segments=2, curriculum_steps=100))
+    early = task.batch("train", 0, 8)  # 2 segments: one context segment, then the queries
+    assert early.tokens.shape[1] == 32 and early.loss_mask[:, 16:].sum(1).tolist() == [2] * 8
+    answers, _ = hard_oracle(task, early.tokens[0].tolist())
+    assert all(early.targets[0, t] == v for t, v in answers.items())
+
+
+@pytest.mark.parametrize(
+    "field, params",
+    [
+        ("noise", dict(noise="shared")),  # shared ids need the SET marker
+        ("noise", dict(noise="loud", marked=True)),
+        ("placement", dict(placement="anywhere")),
+        ("context_segments", dict(context_segments=4, num_segments=4)),  # no segment left for queries
+        ("num_pairs", dict(num_pairs=6, segment_len=16, marked=True)),  # 6 queries of 3 tokens > 16
+    ],
+)
+def test_hard_layout_validation_names_the_field(field, params):
+    with pytest.raises(ValueError, match=rf"^{field}"):
+        build_task("mqar", **params)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from selmem.tasks import PasskeyTask, build_task
-from selmem.tasks.passkey import FILLER0, FILLER_VOCAB, KEY, QUERY
+from selmem.tasks.passkey import DIGIT0, FILLER0, FILLER_VOCAB, KEY, QUERY
+from selmem.tasks.shortcuts import RULES, shortcut_f1
+
+HARD = PasskeyTask(length=128, key_len=4, filler="random", shared_ids=True, needles=2)  # S = 16
 
 
 @pytest.mark.parametrize("filler", ["repeat", "random"])
@@ -49,8 +52,64 @@ def test_needle_depth_varies():
         ("key_len", dict(key_len=0)),
         ("length", dict(length=10, key_len=5)),
         ("filler", dict(filler="lorem")),
+        ("needles", dict(key_len=3, needles=4)),
+        ("needles", dict(needles=0)),
+        ("length", dict(length=12, key_len=5, needles=3)),
+        ("shared_ids", dict(shared_ids=1)),
     ],
 )
 def test_validate_names_the_field(field, params):
     with pytest.raises(ValueError, match=rf"^{field} must be"):
         build_task("passkey", **params)
+
+
+def hard_oracle(row: list[int], pieces: list[int]) -> tuple[list[int], list[int]]:
+    """(passkey ids, their positions) from tokens alone: the ``pieces[i]`` tokens after KEY i."""
+    keys = [i for i, t in enumerate(row) if t == KEY]
+    assert len(keys) == len(pieces)
+    pos = [p + 1 + j for p, n in zip(keys, pieces, strict=True) for j in range(n)]
+    return [row[i] for i in pos], pos
+
+
+@pytest.mark.parametrize("filler", ["repeat", "random"])
+@pytest.mark.parametrize("length, key_len, needles", [(9, 3, 3), (64, 5, 2), (300, 7, 3)])
+def test_hard_oracle_finds_the_pieces(length, key_len, needles, filler):
+    task = PasskeyTask(length=length, key_len=key_len, needles=needles, filler=filler, shared_ids=True)
+    batch = task.batch("test", 2, 16)
+    assert sum(task.piece_lens()) == key_len and max(task.piece_lens()) - min(task.piece_lens()) <= 1
+    digit_ids = set(range(DIGIT0, DIGIT0 + 10))
+    for b in range(16):
+        row = batch.tokens[b].tolist()
+        assert row.count(QUERY) == 1 and row[length - key_len] == QUERY
+        key, pos = hard_oracle(row, task.piece_lens())
+        assert set(key) <= digit_ids and pos[-1] < length - key_len
+        assert batch.targets[b, length - key_len :].tolist() == key
+        assert batch.relevant[b].nonzero().flatten().tolist() == pos
+        assert batch.source[b, length - key_len :, 0].tolist() == pos
+        rest = [i for i in range(length - key_len) if i not in pos and row[i] != KEY]
+        assert {row[i] for i in rest} <= digit_ids, "filler is drawn from the digit ids"
+        if filler == "repeat":
+            assert all(row[i] == DIGIT0 + i % 10 for i in rest)
+
+
+def test_needles_spread_over_the_row():
+    batch = HARD.batch("train", 0, 64)
+    gaps = [b.nonzero().flatten()[2] - b.nonzero().flatten()[1] for b in batch.relevant]
+    assert min(gaps) >= 2, "the second KEY sits between the pieces"
+    assert max(gaps) > HARD.length // 2, "pieces can be far apart"
+
+
+def test_hard_worked_example_matches_the_docstring():
+    task = PasskeyTask(length=18, key_len=4, filler="random", shared_ids=True, needles=2)
+    batch = task.batch("train", 0, 1)
+    assert batch.tokens[0].tolist() == [4, 11, 9, 7, 8, 8, 9, 2, 1, 9, 1, 11, 6, 3, 12, 9, 7, 6]
+    assert batch.relevant[0].nonzero().flatten().tolist() == [2, 3, 12, 13]
+
+
+def test_default_layout_is_caught_by_a_shortcut():
+    assert max(shortcut_f1(PasskeyTask(), rule, segment_len=16) for rule in RULES) >= 0.95
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_hard_layout_has_no_shortcut(rule):
+    assert shortcut_f1(HARD, rule, segment_len=16) <= 0.8
