@@ -15,11 +15,14 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 Read = Literal["on", "off"]
+ReadBias = Literal["none", "usage"]
 Select = Literal["soft", "hard", "topk", "threshold", "all"]
 Compress = Literal["linear", "avgpool", "maxpool", "attnpool", "none"]
 Address = Literal["attention", "fifo", "random"]
 CacheTransform = Literal["transformer", "none"]
-Sparsity = Literal["target", "l1"]
+Sparsity = Literal["target", "l1", "budget"]
+Credit = Literal["none", "read", "probe"]
+AddressWeights = Literal["softmax", "sparsemax", "top1"]
 
 C = TypeVar("C")
 
@@ -51,6 +54,9 @@ class SelmemConfig:
     """Slot width d_mem (<= d_model); compression maps d -> d_mem."""
     read: Read = "on"
     """'on': a layer's tokens attend to [up(C_l); hint_l] as extra keys/values; 'off': no read (ablation)."""
+    read_bias: ReadBias = "none"
+    """'usage': each read logit on slot j gets alpha * log(usage_j / mean usage), so the read
+    prefers what was strongly selected and head B learns from the reads (memory/read.py)."""
     select: Select = "soft"
     """Head B: 'soft' sigmoid, 'hard' Gumbel-sigmoid straight-through, 'topk' per-segment budget,
     'threshold' learned threshold, 'all' g=1 (ablation)."""
@@ -70,6 +76,12 @@ class SelmemConfig:
     'fifo' ring buffer, 'random' fixed pseudo-random slot per input position (ablation)."""
     alloc_temperature: float = 0.1
     """Sharpness of the allocation weights over slot ranks (smaller = closer to one-hot)."""
+    address_weights: AddressWeights = "top1"
+    """How 'attention' addressing turns scores into write weights: 'softmax' (dense: every write
+    erases a little of every slot), 'sparsemax' (content weights with exact zeros), 'top1' (each
+    candidate writes one slot, straight-through gradient of the soft weights)."""
+    age_weight: float = 0.1
+    """Eviction discount per segment of age: allocation ranks slots by usage * exp(-age_weight * age)."""
     usage_decay: float = 0.9
     """gamma: usage <- gamma * usage + written mass + read mass, once per segment."""
     slot_decay: bool = False
@@ -84,8 +96,9 @@ class SelmemConfig:
     """Truncated BPTT: detach the state every K segments in forward_sequence; 0 = never (all segments)."""
 
     # --- auxiliary losses (DESIGN section 3) --------------------------------------------------
-    sparsity: Sparsity = "target"
-    """'target': (mean gate - write_rate)^2; 'l1': mean gate."""
+    sparsity: Sparsity = "budget"
+    """'target': (mean gate - write_rate)^2 per layer; 'l1': mean gate; 'budget': relu(mean gate -
+    write_rate)^2 per layer, a ceiling that never asks a layer to write more than it chooses to."""
     write_rate: float = 0.25
     """Target write rate rho of the sparsity loss."""
     lambda_sparse: float = 0.1
@@ -100,6 +113,13 @@ class SelmemConfig:
     """Weight of the score bound: mean relu(|s| - score_margin)^2 over head B's scores, which
     pulls a saturated gate back to where it has a gradient (the router z-loss of ST-MoE, for a
     sigmoid gate)."""
+    credit: Credit = "probe"
+    """A direct teacher for head B (memory/credit.py): 'read' = tokens whose slots the answers
+    read more than other tokens did; 'probe' = tokens a train-time attention probe over the
+    training window retrieves at the answers; 'none'. Needs the batch's scored positions and
+    targets (forward_sequence(..., answer_mask=, answer_targets=)); the training loop passes them."""
+    lambda_credit: float = 1.0
+    """Weight of the credit loss (and of the probe's own loss)."""
     score_margin: float = 4.0
     """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
 
@@ -132,7 +152,8 @@ class SelmemConfig:
         for name in ["gumbel_tau", "alloc_temperature", "nce_temperature"]:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "lambda_score", "score_margin", "bptt_segments"]:
+        for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "lambda_score", "score_margin", "bptt_segments",
+                     "age_weight", "lambda_credit"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self

@@ -51,8 +51,10 @@ class Attention(nn.Module):
         self.kv_prefix = nn.Linear(dim, 2 * dim, bias=False) if prefix else None
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, d), prefix (B, S, d) or None -> output (B, T, d), prefix attention (B, T, S) or None
+    def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True,
+                prefix_bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, d), prefix (B, S, d) or None, prefix_bias (B, S) added to every query's logit on
+        each prefix entry, or None -> output (B, T, d), prefix attention (B, T, S) or None
         (the probability mass each token puts on each prefix entry, mean over heads)."""
         B, T, d = x.shape
         H = self.n_heads
@@ -67,6 +69,9 @@ class Attention(nn.Module):
             pk, pv = self.kv_prefix(prefix).view(B, S, 2, H, d // H).permute(2, 0, 3, 1, 4)
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)  # (B, H, S+T, D)
         scores = q @ k.transpose(-1, -2) / math.sqrt(d // H)  # (B, H, T, S+T)
+        if prefix_bias is not None and S:
+            bias = torch.cat([prefix_bias, prefix_bias.new_zeros(B, T)], dim=1)  # (B, S+T)
+            scores = scores + bias[:, None, None, :]
         if self.causal:
             future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
             mask = torch.cat([torch.zeros(T, S, dtype=torch.bool, device=x.device), future], dim=1)
@@ -124,11 +129,13 @@ class Block(nn.Module):
         self.attn = Attention(dim, n_heads, causal=causal, prefix=prefix)
         self.mlp = MLP(dim, mlp_ratio * dim)
 
-    def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, d), prefix (B, S, d) or None -> (B, T, d), prefix attention (B, T, S) or None."""
+    def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True,
+                prefix_bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, d), prefix (B, S, d) or None, prefix_bias (B, S) or None -> (B, T, d), prefix
+        attention (B, T, S) or None."""
         if self.conv is not None:
             x = x + self.conv(self.norm0(x))
         p = self.prefix_norm(prefix) if prefix is not None and self.prefix_norm is not None else prefix
-        a, read = self.attn(self.norm1(x), p, rope=rope)
+        a, read = self.attn(self.norm1(x), p, rope=rope, prefix_bias=prefix_bias)
         x = x + a
         return x + self.mlp(self.norm2(x)), read

@@ -13,9 +13,13 @@ from torch import Tensor
 def sparsity(gates: list[Tensor], kind: str, rate: float) -> Tensor:
     """gates: per-layer (B, T) gate values. 'target': mean over layers of (mean g_l - rate)^2,
     so every layer is held near the rate (a pooled mean would let one layer close and another
-    open to compensate); 'l1': mean g."""
+    open to compensate); 'budget': mean over layers of relu(mean g_l - rate)^2, a ceiling only
+    (when fewer tokens matter than the rate allows, a target would force the rest to be written);
+    'l1': mean g."""
     if kind == "target":
         return torch.stack([(x.mean() - rate) ** 2 for x in gates]).mean()
+    if kind == "budget":
+        return torch.stack([(x.mean() - rate).clamp_min(0) ** 2 for x in gates]).mean()
     return torch.cat([x.reshape(-1) for x in gates]).mean()
 
 

@@ -233,6 +233,20 @@ def evictions_per_segment(stats: dict[str, Any],
     return out
 
 
+def retention(stats: dict[str, Any]) -> list[float | None]:
+    """Per layer: the fraction of a slot's content that survives one segment, averaged over
+    sequences, slots and segments: sum_{s,b,j} kept[s][b, j] / (S * B * M), where kept = P_j =
+    prod_t (1 - a_tj) is the share of slot j's old content left after segment s's writes
+    (update.py). 1 = nothing overwritten; a memory that erases a little of every slot at every
+    write scores low here even when its slot entropy looks ideal (writes spread evenly)."""
+    out: list[float | None] = []
+    for l in range(num_layers(stats)):
+        kept = _per_layer(stats, l, "kept")  # S x (B, M)
+        out.append(None if kept is None else _ratio(sum(float(k.double().sum()) for k in kept),
+                                                    sum(k.numel() for k in kept)))
+    return out
+
+
 def _final_reduce(stats: dict[str, Any], key: str, reduce: str) -> list[float | None]:
     out: list[float | None] = []
     for l in range(num_layers(stats)):
@@ -282,7 +296,7 @@ def memory_metrics(stats: dict[str, Any], batch: Any = None,
     "<name>" = the mean over the layers where it is defined; for the read hit rate also
     "read_hit_rate_best" = the max over layers. Names: write_rate, written_per_segment,
     slot_entropy, precision, recall (need ``batch.relevant``), read_hit_rate (needs
-    ``batch.source``), age_mean, age_max, evictions_per_segment, usage_mean. Undefined values
+    ``batch.source``), retention, age_mean, age_max, evictions_per_segment, usage_mean. Undefined values
     (0/0, missing stats or batch fields) are left out; ``stats`` without memory stats gives {}.
     ``batch`` is a ``selmem.tasks.base.Batch`` (or anything with the same attributes)."""
     if num_layers(stats) == 0:
@@ -299,7 +313,7 @@ def memory_metrics(stats: dict[str, Any], batch: Any = None,
     source, loss_mask = getattr(batch, "source", None), getattr(batch, "loss_mask", None)
     if source is not None and loss_mask is not None:
         per["read_hit_rate"] = read_hit_rate(stats, loss_mask, source)
-    per.update(age_mean=age_mean(stats), age_max=age_max(stats),
+    per.update(retention=retention(stats), age_mean=age_mean(stats), age_max=age_max(stats),
                evictions_per_segment=evictions_per_segment(stats), usage_mean=usage_mean(stats))
     out: dict[str, float] = {}
     for name, values in per.items():

@@ -15,11 +15,12 @@ from torch import Tensor, nn
 from selmem import losses
 from selmem.config import SelmemConfig
 from selmem.layers import Block, RMSNorm
+from selmem.memory import credit
 from selmem.memory.address import Address
 from selmem.memory.cache_transform import CacheTransform
 from selmem.memory.compress import Compress
 from selmem.memory.read import Read
-from selmem.memory.select import Select
+from selmem.memory.select import Select, budget
 from selmem.memory.update import update
 from selmem.state import MemoryState
 
@@ -37,14 +38,20 @@ class Output:
             kept (B, M), read (B, T, M+R) read attention on the prefix or None,
             provenance_read (B, M) provenance of the slots that were read, then the state after
             the write: usage, age, provenance (B, M).
-    losses: unweighted auxiliary losses 'sparsity', 'reconstruction', 'infonce', 'score_bound', and
-            'aux', their weighted sum, to add to the task loss.
+    losses: unweighted auxiliary losses 'sparsity', 'reconstruction', 'infonce', 'score_bound'
+            ('credit' from forward_sequence given an answer_mask), and 'aux', their weighted sum,
+            to add to the task loss.
+    scores: head B's scores per layer, (B, T) (forward) or (B, N) (forward_sequence), not
+            detached: losses computed outside a segment (read credit) train head B through them.
+    hidden: the last layer's features (B, T, d) / (B, N, d), not detached (the credit probe's input).
     """
 
     logits: Tensor
     state: MemoryState
     stats: dict[str, Any]
     losses: dict[str, Tensor]
+    scores: list[Tensor] | None = None
+    hidden: Tensor | None = None
 
 
 class SelectiveMemoryTransformer(nn.Module):
@@ -70,6 +77,9 @@ class SelectiveMemoryTransformer(nn.Module):
         self.nce_memory, self.nce_segment = nn.Linear(dm, d), nn.Linear(d, d)
         self.norm = RMSNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+        # train-time teacher of head B (memory/credit.py), never used by forward; built last so that
+        # every other parameter is initialised as without it (same seed, same model)
+        self.probe = credit.RetrievalProbe(d, cfg.vocab_size, cfg.n_heads) if cfg.credit == "probe" else None
 
     # ------------------------------------------------------------------------------------------
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
@@ -106,9 +116,12 @@ class SelectiveMemoryTransformer(nn.Module):
         for l, block in enumerate(self.blocks):
             slots, usage, age = state.slots[l], state.usage[l], state.age[l]
             prefix = self.read[l](slots, None if hints is None else hints[l])  # memory before writes
-            h, read = block(h, prefix)  # head A: (B, T, d), read attention (B, T, M+R)
+            bias = self.read[l].bias(usage, 0 if hints is None else hints.shape[2])  # (B, M+R) or None
+            h, read = block(h, prefix, prefix_bias=bias)  # head A: (B, T, d), read attention (B, T, M+R)
             g, score = self.select[l](h)  # head B: (B, T)
             cand = self.compress[l](h, g)  # (B, C, d_mem) candidates
+            if cfg.select == "topk":  # the write budget holds on candidates too (attnpool spreads tokens)
+                cand = cand._replace(gate=budget(cand.gate, cfg.topk))
             cand_pos = pos.gather(1, cand.position)  # (B, C)
             w = self.address[l](cand.values, cand.gate, slots, usage, age, cand_pos)  # (B, C, M)
             a = cand.gate[..., None] * w  # (B, C, M) write strength
@@ -131,7 +144,8 @@ class SelectiveMemoryTransformer(nn.Module):
             position=state.position + T,
         )
         aux = self._losses(tokens, state, gates, scores, rec)
-        return Output(logits, new_state, {"start": state.position.clone(), "layers": layer_stats}, aux)
+        stats = {"start": state.position.clone(), "layers": layer_stats}
+        return Output(logits, new_state, stats, aux, scores, h)
 
     def _losses(self, tokens: Tensor, state: MemoryState, gates: list[Tensor], scores: list[Tensor],
                 rec: list[Tensor]) -> dict[str, Tensor]:
@@ -150,11 +164,33 @@ class SelectiveMemoryTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,
-                         state: MemoryState | None = None) -> Output:
+                         state: MemoryState | None = None, answer_mask: Tensor | None = None,
+                         answer_targets: Tensor | None = None) -> Output:
         """Stream a whole sequence (B, N) through ``forward`` in segments of ``segment_len``
         (default max_segment_len; the last may be shorter), detaching the state every
-        ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments."""
-        return run_segments(self, tokens, segment_len, state)
+        ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments.
+
+        answer_mask (B, N) bool and answer_targets (B, N) long, the scored positions of a training
+        batch and their targets: with ``credit`` 'read' or 'probe' they add head B's credit loss
+        (memory/credit.py) to ``losses`` ('credit', and 'probe' for the probe's own loss)."""
+        out = run_segments(self, tokens, segment_len, state)
+        cfg = self.cfg
+        if answer_mask is None or cfg.credit == "none" or cfg.lambda_credit == 0:
+            return out
+        if answer_mask.shape != tokens.shape:
+            raise ValueError(f"answer_mask has shape {tuple(answer_mask.shape)}, tokens {tuple(tokens.shape)}")
+        if cfg.credit == "read":
+            c = credit.credit_loss(out.scores, credit.read_credit(out.stats, answer_mask), int(answer_mask.sum()))
+        else:
+            if answer_targets is None or answer_targets.shape != tokens.shape:
+                raise ValueError("credit='probe' needs answer_targets (B, N), the targets at the answer positions")
+            seg = segment_len or cfg.max_segment_len
+            out.losses["probe"], c = credit.probe_losses(self.probe, out.hidden, out.scores, seg, answer_mask,
+                                                          answer_targets)
+            out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * out.losses["probe"]
+        out.losses["credit"] = c
+        out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c
+        return out
 
     def _check(self, tokens: Tensor, state: MemoryState | None) -> MemoryState:
         """Validate a segment and its state at the boundary, with messages that say what to pass."""
@@ -217,7 +253,12 @@ def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, stat
         raise ValueError("tokens is empty: a sequence needs at least one token")
     logits = torch.cat([o.logits for o in outs], dim=1)
     aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
-    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux)
+    scores = hidden = None
+    if getattr(outs[0], "scores", None) is not None:
+        scores = [torch.cat([o.scores[l] for o in outs], dim=1) for l in range(len(outs[0].scores))]
+    if getattr(outs[0], "hidden", None) is not None:
+        hidden = torch.cat([o.hidden for o in outs], dim=1)
+    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux, scores, hidden)
 
 
 def _detached(**tensors: Tensor | None) -> dict[str, Tensor | None]:

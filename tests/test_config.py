@@ -30,6 +30,9 @@ def test_every_option_field_is_checked():
         "address",
         "cache_transform",
         "sparsity",
+        "read_bias",
+        "address_weights",
+        "credit",
     }
 
 

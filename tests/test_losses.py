@@ -99,3 +99,10 @@ def test_infonce_zero_for_batch_of_one():
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert torch.equal(mem.grad, torch.zeros_like(mem))
+
+
+def test_sparsity_budget_is_a_ceiling_per_layer():
+    low, high = torch.full((2, 8), 0.1), torch.full((2, 8), 0.5)
+    assert losses.sparsity([low, low], "budget", 0.25) == 0  # writing less than the budget is free
+    assert losses.sparsity([low, high], "budget", 0.25).item() == pytest.approx(0.25**2 / 2)
+    assert losses.sparsity([low, low], "target", 0.25) > 0  # the target would push both up

@@ -215,3 +215,10 @@ def test_memory_metrics_on_a_tiny_model():
     assert 0.0 <= out["evictions_per_segment"] <= cfg.slots
     assert out["age_mean"] >= 0.0 and out["usage_mean"] >= 0.0
     assert metrics.age_histogram(stats, [0, 1, 2, 3, 4]).sum() <= L * B * cfg.slots
+
+
+def test_retention_is_the_mean_kept_share():
+    s = seq((0, [layer(kept=[[0.2, 1.0, 0.6]], write=[[[0.0] * 3]])]),
+            (1, [layer(kept=[[1.0, 1.0, 0.4]], write=[[[0.0] * 3]])]))
+    assert metrics.retention(s) == [pytest.approx(0.7)]
+    assert metrics.memory_metrics(s)["retention"] == pytest.approx(0.7)

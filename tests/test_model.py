@@ -288,7 +288,9 @@ def test_every_option_combination_runs(overrides):
         assert g["init_slots"].abs().sum() > 0
     out.losses["aux"].backward()
     assert all(torch.isfinite(g).all() for g in grads(model).values())
-    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    # the credit probe is trained by forward_sequence(..., answer_mask=, answer_targets=) only, which the
+    # training loop always passes (tests/memory/test_credit.py checks that it reaches the probe)
+    unused = [n for n, p in model.named_parameters() if p.grad is None and not n.startswith("probe.")]
     assert not unused, f"parameters outside the graph (break DDP, skew param counts): {unused}"
 
 

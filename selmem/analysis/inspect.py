@@ -34,7 +34,7 @@ from selmem.train.run import read_metrics
 WRAP = 64  #: positions per line of a token strip; longer inputs wrap onto further lines
 MAX_POSITIONS = 512  #: positions shown per example in a strip (the first ones)
 MAX_ANSWERS = 16  #: answer rows per example in a read picture
-MEMORY_CURVES = ("write_rate", "slot_entropy", "precision", "recall", "read_hit_rate",
+MEMORY_CURVES = ("write_rate", "slot_entropy", "retention", "precision", "recall", "read_hit_rate",
                  "read_hit_rate_best")
 
 
@@ -377,9 +377,11 @@ def render_html(run: Path, ckpt: str, exp: Any, examples: int, acc: float | None
              + (f"; answer accuracy on them {acc:.1%}." if acc is not None else ".") + "</p>",
              "<h2>Memory metrics on these examples</h2>",
              "<p>From <code>selmem.metrics.memory_metrics</code>: write rate = mean gate; slot entropy = "
-             "how evenly writes spread over slots (0 one slot, 1 all); precision/recall = gate &gt; 0.5 "
-             "against the task's relevant tokens; read hit rate = share of answers whose most-read slot "
-             "holds the needed token; ages in segments.</p>", metrics_table(metrics)]
+             "how evenly writes spread over slots (0 one slot, 1 all); retention = share of a slot's "
+             "content that survives one segment (low with high entropy = every write erases a little "
+             "everywhere); precision/recall = gate &gt; 0.5 against the task's relevant tokens; read hit "
+             "rate = share of answers whose most-read slot holds the needed token; ages in segments.</p>",
+             metrics_table(metrics)]
     if curves is not None:
         parts += ["<h2>Training curves</h2>", "<p>From the run's metrics.jsonl. Left: the task metric "
                   "over training (test-set points; the faint line is the noisier train batches; dotted: "

@@ -7,12 +7,17 @@ segment is addressed in parallel); update.py then applies the writes in order.
 
 - attention: w = beta * content + (1 - beta) * allocation, beta = sigmoid(v . c_t) learned per
   candidate (the DNC's write gate mix, Graves et al. 2016).
-    content    = softmax_j(q(c_t) . k(C_j) / sqrt(d_mem)).
+    content    = normalise_j(e^tau * q(c_t) . k(C_j) / sqrt(d_mem)), tau a learned per-layer
+               log-sharpness (0 at init), normalise = softmax or sparsemax (``address_weights``).
     allocation = "the n-th write of a segment goes to the n-th freest slot": slots are ranked by
-               freeness (low usage first, older first among equals), candidate t aims at rank
+               freeness (low usage first, discounted by age: see ``freeness_ranks``), candidate t aims at rank
                m_t mod M where m_t = sum_{s<t} g_s is the gate mass written before it, and
                w_tj = softmax_j(-dist(rank_j, m_t)^2 / alloc_temperature) with circular distance.
                This is the DNC's usage-sorted allocation made parallel over a segment.
+  With ``address_weights='top1'`` each candidate writes only into the slot of its largest w
+  (forward one-hot, gradient of the soft w: straight-through), so a write never erases a little
+  of every slot. A near-uniform soft w at initialisation does exactly that: with 8 slots and a
+  16-token segment only about half of a slot's content survives the segment (the "smear").
 - fifo:      a ring buffer: the oldest slot is the ring's head, and candidate t goes to the slot
              floor(m_t) places after it (one-hot).
 - random:    a fixed pseudo-random slot per absolute input position (hash), one-hot (ablation).
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selmem.config import SelmemConfig
+from selmem.memory.select import straight_through
 
 
 def gate_mass_before(gate: Tensor) -> Tensor:
@@ -34,12 +40,32 @@ def gate_mass_before(gate: Tensor) -> Tensor:
     return gate.cumsum(1) - gate
 
 
-def freeness_ranks(usage: Tensor, age: Tensor) -> Tensor:
-    """(B, M) usage, age -> (B, M) long rank of each slot, 0 = freest (lowest usage, then oldest).
-    A stable sort, so equal slots (an empty memory) rank by index: no ties, no NaN."""
-    score = usage - 1e-3 * age / (1.0 + age)  # age only breaks near-ties in usage
+def freeness_ranks(usage: Tensor, age: Tensor, age_weight: float = 0.0) -> Tensor:
+    """(B, M) usage, age -> (B, M) long rank of each slot, 0 = freest.
+
+    Slots rank by ``usage * exp(-age_weight * age)``: what a slot holds counts for less the longer
+    it has gone unrefreshed (age in segments), so of two slots with similar usage the older is
+    evicted first, and a slot that is read keeps its place (reads add to usage). Among equal
+    scores (an empty memory) the older ranks first, then the lower index (a stable sort): no
+    ties, no NaN."""
+    score = usage * torch.exp(-age_weight * age) - 1e-6 * age / (1.0 + age)
     order = torch.sort(score, dim=1, stable=True).indices
     return torch.argsort(order, dim=1)
+
+
+def sparsemax(logits: Tensor) -> Tensor:
+    """Sparsemax over the last axis (Martins & Astudillo 2016): the Euclidean projection of the
+    logits onto the simplex, so low-scoring slots get exactly 0 weight."""
+    z, _ = logits.sort(dim=-1, descending=True)
+    k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    cum = z.cumsum(-1)
+    support = (1 + k * z) > cum  # (..., M) prefix of the sorted logits in the support
+    k_z = support.sum(-1, keepdim=True)  # (..., 1) support size >= 1
+    tau = (cum.gather(-1, k_z - 1) - 1) / k_z.to(z.dtype)
+    return (logits - tau).clamp_min(0)
+
+
+NORMALISE = {"softmax": lambda x: x.softmax(-1), "sparsemax": sparsemax, "top1": lambda x: x.softmax(-1)}
 
 
 def rank_weights(ranks: Tensor, target: Tensor, temperature: float) -> Tensor:
@@ -52,10 +78,11 @@ def rank_weights(ranks: Tensor, target: Tensor, temperature: float) -> Tensor:
 
 def attention(a: Address, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
               pos: Tensor) -> Tensor:
-    content = (a.q(cand) @ a.k(slots).transpose(1, 2) / math.sqrt(cand.shape[-1])).softmax(-1)
+    logits = a.q(cand) @ a.k(slots).transpose(1, 2) / math.sqrt(cand.shape[-1])  # (B, C, M)
+    content = NORMALISE[a.weights](logits * a.sharpness.exp())
     M = slots.shape[1]
     target = gate_mass_before(gate).remainder(M)
-    alloc = rank_weights(freeness_ranks(usage, age), target, a.temperature)
+    alloc = rank_weights(freeness_ranks(usage, age, a.age_weight), target, a.temperature)
     beta = torch.sigmoid(a.mix(cand))  # (B, C, 1)
     return beta * content + (1 - beta) * alloc
 
@@ -85,12 +112,17 @@ class Address(nn.Module):
         super().__init__()
         self.fn = ADDRESS[cfg.address]
         self.layer_idx, self.temperature = layer_idx, cfg.alloc_temperature
+        self.weights, self.age_weight = cfg.address_weights, cfg.age_weight
         if cfg.address == "attention":
             self.q = nn.Linear(cfg.d_mem, cfg.d_mem, bias=False)
             self.k = nn.Linear(cfg.d_mem, cfg.d_mem, bias=False)
             self.mix = nn.Linear(cfg.d_mem, 1)
+            self.sharpness = nn.Parameter(torch.zeros(()))  # learned log inverse temperature
 
     def forward(self, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
                 pos: Tensor) -> Tensor:
         """pos (B, C) long: absolute input position of each candidate."""
-        return self.fn(self, cand, gate, slots, usage, age, pos)
+        w = self.fn(self, cand, gate, slots, usage, age, pos)
+        if self.weights == "top1":  # one slot per candidate; the soft weights carry the gradient
+            w = straight_through(F.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype), w)
+        return w

@@ -8,7 +8,10 @@ norm at most sqrt(d_mem) * max|gain|: with the convex update (update.py) that bo
 
 - linear:   C = T, c_t = norm(W y_t), gate g_t.
 - avgpool:  C = ceil(T / r), c = norm(W * sum_t g_t y_t / sum_t g_t) per window; gate = max g.
-- maxpool:  C = ceil(T / r), c = norm(W * max_t g_t y_t) per window; gate = max g.
+- maxpool:  C = ceil(T / r), c = norm(W * max_{t: g_t > 0} y_t) per window (the max over the
+            window's selected tokens only; 0 if none is); gate = max g. Taking max_t g_t y_t
+            instead would let a gated-out token (g_t y_t = 0) win every dimension where the
+            selected tokens are negative.
 - attnpool: C = K, learned queries attend over the segment with logits q.y_t + log g_t;
             c = norm(W * pooled), gate = attention-weighted mean of g.
 - none:     C = T, c_t = norm(y_t) (needs d_mem == d).
@@ -60,7 +63,9 @@ def _pool(m: Compress, y: Tensor, g: Tensor, reduce: str) -> Candidates:
     if reduce == "avg":
         feat = (gw[..., None] * yw).sum(2) / (gw.sum(2, keepdim=True) + 1e-6)
     else:
-        feat = (gw[..., None] * yw).amax(2)
+        selected = (gw > 0)[..., None]  # (B, C, r, 1) padding has g = 0, so it never wins either
+        feat = yw.masked_fill(~selected, float("-inf")).amax(2)
+        feat = torch.where(selected.any(2), feat, torch.zeros_like(feat))  # an all-unselected window
     gate, arg = gw.max(dim=2)  # (B, C)
     pos = torch.arange(gw.shape[1], device=y.device) * m.r + arg
     return Candidates(m.norm(m.proj(feat)), gate, pos.clamp(max=y.shape[1] - 1), feat)

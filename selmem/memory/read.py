@@ -4,6 +4,15 @@ Legend: B batch, M slots, R hints per layer, d model width, d_mem slot width.
 
 mem_l = [up(C_l); up_hint(hint_l)] is handed to the block as a prefix of keys/values. The slots
 are read as they were *before* this segment's writes, so the present never leaks into the past.
+
+With ``read_bias='usage'`` every token's attention logit on slot j gets a bonus
+
+    b_j = alpha * (log(u_j + eps) - log(mean_i u_i + eps))        (hints get 0)
+
+from the slot's usage u_j (the gate-weighted content it holds plus the reads it got, update.py):
+the read prefers what head B said was worth keeping, and head B gets a gradient from every read
+(credit from the read), not only through the content it wrote. Equal usages give b = 0, so an
+empty memory reads as without the bias; alpha is learned per layer (1 at init).
 """
 
 from __future__ import annotations
@@ -24,6 +33,16 @@ class Read(nn.Module):
         self.up = nn.Linear(cfg.d_mem, cfg.d_model) if self.enabled else None
         hints = self.enabled and cfg.cache_transform == "transformer"
         self.up_hint = nn.Linear(cfg.d_mem, cfg.d_model) if hints else None
+        biased = self.enabled and cfg.read_bias == "usage"
+        self.alpha = nn.Parameter(torch.ones(())) if biased else None
+
+    def bias(self, usage: Tensor, n_hints: int) -> Tensor | None:
+        """usage (B, M) -> (B, M + n_hints) additive read logits, or None without read_bias."""
+        if self.alpha is None:
+            return None
+        eps = 0.01
+        b = self.alpha * ((usage + eps).log() - (usage.mean(1, keepdim=True) + eps).log())
+        return torch.cat([b, b.new_zeros(b.shape[0], n_hints)], dim=1)
 
     def forward(self, slots: Tensor, hints: Tensor | None) -> Tensor | None:
         if not self.enabled:

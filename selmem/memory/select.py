@@ -53,6 +53,17 @@ def all_tokens(s: Tensor, head: Select) -> Tensor:
     return torch.ones_like(s)
 
 
+def budget(gate: Tensor, k: int) -> Tensor:
+    """Candidate gates (B, C) -> the same gates with all but the k largest of each row zeroed
+    (straight-through: the kept ones pass their gradient). select='topk' budgets tokens, but a
+    pooling compressor (attnpool) can spread k selected tokens over many candidates: applied to
+    the candidates, this keeps the write mass of a segment <= k whatever the compressor."""
+    if k >= gate.shape[1]:
+        return gate
+    idx = gate.detach().topk(k, dim=1).indices
+    return gate * torch.zeros_like(gate).scatter(1, idx, 1.0)
+
+
 SELECT = {"soft": soft, "hard": hard, "topk": topk, "threshold": threshold, "all": all_tokens}
 
 

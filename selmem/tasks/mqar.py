@@ -160,10 +160,10 @@ class MQARTask(Task):
         check_int("context_segments", self.context_segments, 1, self.num_segments - 1)
         per_segment = -(-self.num_pairs // self.context_segments)
         check_int("num_pairs", self.num_pairs, 1, self.num_keys)
-        if per_segment * self.width > self.segment_len or self.num_pairs * self.width > self.segment_len:
+        if max(per_segment, self.num_pairs) * self.width > self.segment_len:
             raise ValueError(f"num_pairs must be small enough to fit a segment: {self.num_pairs} pairs of "
-                             f"{self.width} tokens ({per_segment} per context segment) and as many queries need more than "
-                             f"segment_len={self.segment_len}")
+                             f"{self.width} tokens ({per_segment} per context segment) and as many queries "
+                             f"need more than segment_len={self.segment_len}")
         check_int("curriculum_steps", self.curriculum_steps, 0)
         if self.curriculum_steps > 0:
             check_int("min_pairs", self.min_pairs, 1, self.num_pairs)

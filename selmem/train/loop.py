@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from selmem.experiment import ExperimentConfig, build
 from selmem.metrics import memory_metrics
+from selmem.model import SelectiveMemoryTransformer
 from selmem.tasks.base import Batch, Task
 from selmem.train import checkpoint, run
 from selmem.train.optim import build_optimizer, build_scheduler
@@ -48,6 +49,14 @@ def task_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor, int]:
         raise ValueError("batch has no scored positions (loss_mask is all False)")
     picked, target = logits[mask], batch.targets[mask]
     return F.cross_entropy(picked.float(), target), (picked.argmax(-1) == target).sum(), n
+
+
+def credit_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """selmem's credit for head B needs the scored positions and their targets; other models
+    take no such arguments."""
+    if not isinstance(model, SelectiveMemoryTransformer) or model.cfg.credit == "none":
+        return {}
+    return {"answer_mask": batch.loss_mask, "answer_targets": batch.targets}
 
 
 @torch.no_grad()
@@ -118,7 +127,7 @@ class Trainer:
         last_eval: dict[str, float] = {}
         while step < tc.steps:
             batch = task.batch("train", step, tc.batch_size).to(self.device)
-            out = model.forward_sequence(batch.tokens, seg)
+            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch))
             loss, right, n = task_loss(out.logits, batch)
             total = loss + out.losses["aux"]
             if not torch.isfinite(total):

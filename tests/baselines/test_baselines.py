@@ -127,8 +127,9 @@ def test_backward_reaches_every_parameter(name: str) -> None:
     loss = torch.nn.functional.cross_entropy(logits, target)
     (loss + out.losses["aux"]).backward()
     # an unused parameter is dead weight in the parameter count and breaks DDP
+    # (selmem's credit probe learns only from answers: tests/memory/test_credit.py)
     missing = [n for n, p in model.named_parameters()
-               if p.grad is None or not p.grad.abs().sum() > 0]
+               if (p.grad is None or not p.grad.abs().sum() > 0) and not n.startswith("probe.")]
     assert not missing, f"no gradient reaches {missing}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 

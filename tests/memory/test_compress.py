@@ -111,3 +111,25 @@ def test_attnpool_gate_is_attention_mean_of_gates():
     c = m(y, g)
     assert (c.gate[0] < 1e-4).all()
     assert_close("all gates 1", torch.ones_like(c.gate[1]), c.gate[1], atol=1e-12)
+
+
+def test_maxpool_a_gated_out_token_never_wins_a_negative_dimension():
+    """The defect: max(g * y) let a gate-0 token (g * y = 0) beat selected tokens wherever their
+    features are negative. The max now runs over selected tokens only."""
+    m = module("maxpool")
+    r = tiny_cfg().pool_window
+    y = -torch.rand(1, r, 32, dtype=torch.float64) - 0.5  # every feature negative
+    g = torch.zeros(1, r, dtype=torch.float64)
+    g[0, 0] = 1.0  # only token 0 is selected
+    c = m(y, g)
+    assert_close("feature = the selected token's", y[:, 0], c.feature[:, 0], atol=0.0)
+    y[:, 1:] = -100.0
+    assert_close("unselected values do not matter", c.values, m(y, g).values, atol=0.0)
+
+
+def test_maxpool_of_an_unselected_window_is_zero_and_not_written():
+    m = module("maxpool")
+    y, g = inputs(3)
+    g.zero_()
+    c = m(y, g)
+    assert (c.feature == 0).all() and (c.gate == 0).all()

@@ -86,3 +86,29 @@ def test_hard_train_samples_at_rate_sigmoid_of_score():
     g, s = h(y)
     assert_close("P(g=1)", torch.sigmoid(s[0]), g.mean(0), atol=0.05)
     assert 0 < g.mean() < 1
+
+
+@pytest.mark.parametrize("compress", ["linear", "avgpool", "maxpool", "attnpool"])
+def test_topk_budget_bounds_the_write_mass_whatever_the_compressor(compress):
+    """The defect: select='topk' budgeted tokens, but attnpool spread k selected tokens over all
+    its queries (k = 2 wrote a mass of 8 per segment). The budget now holds on the candidates."""
+    from selmem.model import SelectiveMemoryTransformer
+    from tests.helpers import tiny_cfg
+
+    k = 2
+    model = SelectiveMemoryTransformer(tiny_cfg(select="topk", topk=k, compress=compress, attnpool_queries=8))
+    out = model(torch.randint(0, 16, (3, 24)))
+    for layer in out.stats["layers"]:
+        assert (layer["cand_gate"].sum(1) <= k + 1e-6).all()
+        assert (layer["write"].sum((1, 2)) <= k + 1e-6).all()
+
+
+def test_budget_keeps_the_k_largest_and_passes_their_gradient():
+    from selmem.memory.select import budget
+
+    g = torch.tensor([[0.25, 0.75, 0.5, 0.625]], requires_grad=True)
+    out = budget(g, 2)
+    assert out.tolist() == [[0.0, 0.75, 0.0, 0.625]]
+    out.sum().backward()
+    assert g.grad.tolist() == [[0.0, 1.0, 0.0, 1.0]]
+    assert budget(g, 4) is g  # a budget at least the candidate count changes nothing

@@ -1,0 +1,136 @@
+"""Credit from the read: which tokens did the answers need? Two teachers for head B.
+
+- ``credit='read'``: which written tokens did the memory's own reads at the answers use
+  (``read_credit``, ``credit_loss``);
+- ``credit='probe'``: which earlier tokens does a train-time attention probe over the whole
+  training window retrieve at the answers (``RetrievalProbe``, ``probe_losses``).
+
+
+Legend: B batch, N sequence length, T segment length, C candidates, M slots per layer.
+
+Read credit. Head B's only gradient used to come through the content it wrote, a long and noisy path (the
+write, every later overwrite, the read at an answer many segments on). This module gives it a
+second, direct signal, computed after a training sequence from the memory's own bookkeeping:
+
+    credit_t = sum over later segments s, slots j of  share_tj(s) * n_s * (r_ans_j(s) - r_rest_j(s))
+
+- share_tj(s): candidate t's share of slot j's content when segment s reads it, its ``contrib``
+  after its own segment's writes times the ``kept`` of every segment since (update.py);
+- r_ans_j(s), r_rest_j(s): the mean read attention on slot j over the answer positions of
+  segment s (the scored tokens, ``loss_mask``) and over its other tokens; n_s = answers in s.
+
+So a token earns credit when the slot that holds it is read *more at answers than elsewhere*:
+a slot every token reads alike (diffuse attention, an early model) earns nothing, however much
+of it survives. ``credit_loss`` turns the credit into a weighted binary cross-entropy on head B's
+scores: target 1 where credit > 0, 0 where < 0, weight |credit|, normalised by the number of
+answers (so the loss grows as the reads at answers become decisive). Computed from detached
+stats: the credit is a target, not a path for gradients. Tokens never written (share 0) or never
+read afterwards get no loss; what head B never writes it cannot learn about, so exploration
+comes from its initial write rate and the sparsity target.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selmem.layers import RMSNorm
+
+
+def read_credit(stats: dict[str, Any], answer_mask: Tensor) -> list[Tensor]:
+    """forward_sequence stats + answer_mask (B, N) bool -> per layer credit (B, N) per input position."""
+    segs = stats["segments"]
+    B, N = answer_mask.shape
+    L = len(segs[0]["layers"]) if segs else 0
+    out = []
+    for l in range(L):
+        credit = torch.zeros(B, N, dtype=torch.float32, device=answer_mask.device)
+        live: list[tuple[Tensor, Tensor]] = []  # (positions (B, C), share (B, C, M)) written so far
+        for seg in segs:
+            lay = seg["layers"][l]
+            read = lay.get("read")
+            if read is not None and live:
+                M = live[0][1].shape[-1]
+                T = read.shape[1]
+                pos = seg["start"][:, None] + torch.arange(T, device=read.device)  # (B, T)
+                ans = answer_mask.gather(1, pos.clamp(max=N - 1)) & (pos < N)  # (B, T)
+                r = read[..., :M].float()  # (B, T, M) own slots, not hints
+                n_ans = ans.sum(1, keepdim=True).float()  # (B, 1)
+                n_rest = (~ans).sum(1, keepdim=True).float()
+                r_ans = (r * ans[..., None]).sum(1) / n_ans.clamp_min(1)
+                r_rest = (r * (~ans)[..., None]).sum(1) / n_rest.clamp_min(1)
+                adv = (r_ans - r_rest) * n_ans  # (B, M): zero in a segment without answers
+                for p, share in live:
+                    credit.scatter_add_(1, p, (share.float() * adv[:, None, :]).sum(-1))
+            live = [(p, share * lay["kept"][:, None, :]) for p, share in live]
+            live.append((lay["cand_pos"], lay["contrib"]))
+        out.append(credit)
+    return out
+
+
+def credit_loss(scores: list[Tensor], credit: list[Tensor], answers: int) -> Tensor:
+    """Weighted BCE of head B's scores (per layer (B, N), live) toward sign(credit), weight
+    |credit|, summed and divided by ``answers`` (scored tokens in the batch); mean over layers."""
+    terms = []
+    for s, c in zip(scores, credit, strict=True):
+        target = (c > 0).to(s.dtype)
+        bce = F.binary_cross_entropy_with_logits(s, target, weight=c.abs().to(s.dtype), reduction="sum")
+        terms.append(bce / max(answers, 1))
+    return torch.stack(terms).mean()
+
+
+class RetrievalProbe(nn.Module):
+    """A train-time teacher for head B: one multi-head attention layer that may look back over
+    the whole training sequence, but only at earlier segments, exactly what the memory must carry.
+
+    It reads the model's final features h (B, N, d), answers the scored positions from what it
+    retrieves (logits = W_o(o + x), cross-entropy on the task's targets), and so learns *where
+    the answers are* about as fast as full attention does. Its attention at the answers (mean over
+    heads) is the target for head B: y_t = min(1, sum over answers q of attn[q, t]). A token is
+    worth caching when a later answer needs it. Each head may also attend to a learned null
+    entry (nothing in the past helps). The probe is never used at inference: memory stays
+    constant and the forward pass unchanged; it costs O(N^2) over the training window only.
+    """
+
+    def __init__(self, d: int, vocab_size: int, n_heads: int = 1) -> None:
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"probe width {d} must be divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.norm = RMSNorm(d)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.null = nn.Parameter(torch.zeros(2, d))  # key/value to attend to when nothing helps
+        self.out = nn.Linear(d, vocab_size, bias=False)
+
+    def forward(self, h: Tensor, segment_len: int) -> tuple[Tensor, Tensor]:
+        """h (B, N, d) -> logits (B, N, V), attention (B, N, N) on earlier segments' tokens."""
+        B, N, d = h.shape
+        H, D = self.n_heads, d // self.n_heads
+        x = self.norm(h)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        k = torch.cat([self.null[:1].expand(B, 1, d), k], dim=1)  # (B, 1+N, d)
+        v = torch.cat([self.null[1:].expand(B, 1, d), v], dim=1)
+        q, k, v = (t.view(B, -1, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, ., D)
+        seg = torch.arange(N, device=h.device) // segment_len
+        allowed = torch.cat([torch.ones(N, 1, dtype=torch.bool, device=h.device),
+                             seg[None, :] < seg[:, None]], dim=1)  # (N, 1+N): null + earlier segments
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~allowed, float("-inf"))
+        attn = scores.softmax(-1)  # (B, H, N, 1+N)
+        o = (attn @ v).transpose(1, 2).reshape(B, N, d)
+        return self.out(o + x), attn.mean(1)[..., 1:]
+
+
+def probe_losses(probe: RetrievalProbe, hidden: Tensor, scores: list[Tensor], segment_len: int,
+                 answer_mask: Tensor, answer_targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(probe cross-entropy at the answers, head-B BCE toward the probe's credit) for one batch.
+    hidden (B, N, d) final features; scores per layer (B, N); answer_mask (B, N) bool;
+    answer_targets (B, N) long (read where answer_mask)."""
+    logits, attn = probe(hidden, segment_len)
+    ce = F.cross_entropy(logits[answer_mask].float(), answer_targets[answer_mask])
+    target = (attn.detach() * answer_mask[..., None]).sum(1).clamp(max=1.0)  # (B, N)
+    bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()
+    return ce, bce

@@ -1,0 +1,115 @@
+"""Read credit: tokens whose slots the answers read more than other tokens did earn credit; the
+loss pushes head B's scores toward that sign; the model adds it only when asked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selmem.memory.credit import credit_loss, read_credit
+from tests.helpers import tiny_model, tokens
+
+
+def seg(start, T, M, contrib=None, cand_pos=None, kept=None, read=None):
+    """One segment's stats for one layer (B = 1)."""
+    C = 0 if contrib is None else len(contrib)
+    return {"start": torch.tensor([start]), "layers": [{
+        "gate": torch.zeros(1, T),
+        "contrib": torch.tensor([contrib]) if contrib is not None else torch.zeros(1, 0, M),
+        "cand_pos": torch.tensor([cand_pos]) if cand_pos is not None else torch.zeros(1, C, dtype=torch.long),
+        "kept": torch.tensor([kept]) if kept is not None else torch.ones(1, M),
+        "read": torch.tensor([read]) if read is not None else None,
+    }]}
+
+
+def test_credit_goes_to_what_the_answers_read_more_than_the_rest():
+    # segment 0 (positions 0-2): position 1 fills slot 0, position 2 fills slot 1
+    s0 = seg(0, 3, 2, contrib=[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], cand_pos=[0, 1, 2],
+             kept=[0.0, 0.0], read=[[0.5, 0.5]] * 3)
+    # segment 1 (positions 3-4): the answer (3) reads slot 0, the other token reads slot 1
+    s1 = seg(3, 2, 2, contrib=[[0.0, 0.0], [0.0, 0.0]], cand_pos=[3, 4], read=[[0.8, 0.0], [0.0, 0.8]])
+    answers = torch.tensor([[False, False, False, True, False]])
+    (credit,) = read_credit({"segments": [s0, s1]}, answers)
+    assert credit[0].tolist() == pytest.approx([0.0, 0.8, -0.8, 0.0, 0.0])
+
+
+def test_credit_follows_the_share_that_survived():
+    # position 0 fills slot 0; segment 1 overwrites half of it; segment 2's answer reads slot 0
+    s0 = seg(0, 1, 1, contrib=[[1.0]], cand_pos=[0], kept=[0.0], read=[[1.0]])
+    s1 = seg(1, 1, 1, contrib=[[0.5]], cand_pos=[1], kept=[0.5], read=[[0.3]])
+    s2 = seg(2, 2, 1, contrib=[[0.0], [0.0]], cand_pos=[2, 3], read=[[1.0], [0.0]])
+    answers = torch.tensor([[False, False, True, False]])
+    (credit,) = read_credit({"segments": [s0, s1, s2]}, answers)
+    # segment 1 has no answer: no credit there; in segment 2 adv = 1.0 - 0.0 on slot 0
+    assert credit[0].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0])
+
+
+def test_diffuse_reads_earn_nothing():
+    s0 = seg(0, 1, 2, contrib=[[1.0, 0.0]], cand_pos=[0], kept=[0.0, 1.0], read=[[0.5, 0.5]])
+    s1 = seg(1, 3, 2, contrib=[[0.0, 0.0]] * 3, cand_pos=[1, 2, 3], read=[[0.3, 0.2]] * 3)
+    (credit,) = read_credit({"segments": [s0, s1]}, torch.tensor([[False, True, False, False]]))
+    assert credit.abs().max() < 1e-7
+
+
+def test_credit_loss_pushes_scores_toward_the_credit_sign():
+    s = torch.zeros(1, 3, requires_grad=True)
+    loss = credit_loss([s], [torch.tensor([[2.0, -1.0, 0.0]])], answers=1)
+    loss.backward()
+    assert s.grad[0, 0] < 0 < s.grad[0, 1] and s.grad[0, 2] == 0  # descent raises 0, lowers 1
+    assert credit_loss([s], [torch.zeros(1, 3)], answers=1) == 0
+
+
+def test_model_adds_the_credit_loss_only_when_asked():
+    torch.manual_seed(0)
+    model = tiny_model(torch.float32, credit="read")
+    x = tokens(2, 24)
+    answers = torch.zeros(2, 24, dtype=torch.bool)
+    answers[:, -3:] = True
+    out = model.forward_sequence(x, 8, answer_mask=answers)
+    assert "credit" in out.losses and out.losses["credit"] > 0
+    plain = model.forward_sequence(x, 8)
+    assert "credit" not in plain.losses
+    assert torch.equal(out.logits, plain.logits), "the credit is a loss, never a change to the forward pass"
+    out.losses["credit"].backward()
+    head_b = sum(p.grad.abs().sum() for p in model.select.parameters() if p.grad is not None)
+    assert head_b > 0
+    # the credit is a target on the scores: it reaches head B and the features it scores, never
+    # what lies after the scores (the output head, the reconstruction decoder)
+    for name in ("head", "decoder"):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(name) and p.grad is not None]
+        assert all(g.abs().sum() == 0 for g in grads), name
+    with pytest.raises(ValueError, match="answer_mask has shape"):
+        model.forward_sequence(x, 8, answer_mask=answers[:, :5])
+
+
+def test_probe_looks_only_at_earlier_segments():
+    from selmem.memory.credit import RetrievalProbe
+
+    probe = RetrievalProbe(16, 10)
+    logits, attn = probe(torch.randn(2, 12, 16), segment_len=4)
+    assert logits.shape == (2, 12, 10) and attn.shape == (2, 12, 12)
+    seg = torch.arange(12) // 4
+    later_or_same = seg[None, :] >= seg[:, None]
+    assert (attn[:, later_or_same] == 0).all()
+    assert (attn.sum(-1) <= 1 + 1e-6).all() and (attn[:, 4:, :4].sum(-1) > 0).all()
+
+
+def test_probe_credit_trains_head_b_and_leaves_the_forward_pass_alone():
+    torch.manual_seed(0)
+    model = tiny_model(torch.float32, credit="probe")
+    torch.manual_seed(0)
+    plain = tiny_model(torch.float32)
+    x = tokens(2, 24)
+    answers = torch.zeros(2, 24, dtype=torch.bool)
+    answers[:, -3:] = True
+    targets = tokens(2, 24)
+    out = model.forward_sequence(x, 8, answer_mask=answers, answer_targets=targets)
+    assert torch.equal(out.logits, plain.forward_sequence(x, 8).logits), "same init, same forward"
+    assert {"probe", "credit"} <= set(out.losses)
+    out.losses["credit"].backward(retain_graph=True)
+    assert sum(p.grad.abs().sum() for p in model.select.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in model.probe.parameters()), "head B's target is detached"
+    out.losses["probe"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.probe.parameters())
+    with pytest.raises(ValueError, match="answer_targets"):
+        model.forward_sequence(x, 8, answer_mask=answers)
