@@ -118,6 +118,8 @@ class SelmemConfig:
     read more than other tokens did; 'probe' = tokens a train-time attention probe over the
     training window retrieves at the answers; 'none'. Needs the batch's scored positions and
     targets (forward_sequence(..., answer_mask=, answer_targets=)); the training loop passes them."""
+    probe_layers: int = 1
+    """Causal full-attention blocks of the credit probe before its retrieval attention."""
     lambda_credit: float = 1.0
     """Weight of the credit loss (and of the probe's own loss)."""
     score_margin: float = 4.0
@@ -153,7 +155,7 @@ class SelmemConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "lambda_score", "score_margin", "bptt_segments",
-                     "age_weight", "lambda_credit"]:
+                     "age_weight", "lambda_credit", "probe_layers"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self

@@ -43,7 +43,6 @@ class Output:
             to add to the task loss.
     scores: head B's scores per layer, (B, T) (forward) or (B, N) (forward_sequence), not
             detached: losses computed outside a segment (read credit) train head B through them.
-    hidden: the last layer's features (B, T, d) / (B, N, d), not detached (the credit probe's input).
     """
 
     logits: Tensor
@@ -51,7 +50,6 @@ class Output:
     stats: dict[str, Any]
     losses: dict[str, Tensor]
     scores: list[Tensor] | None = None
-    hidden: Tensor | None = None
 
 
 class SelectiveMemoryTransformer(nn.Module):
@@ -79,7 +77,7 @@ class SelectiveMemoryTransformer(nn.Module):
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         # train-time teacher of head B (memory/credit.py), never used by forward; built last so that
         # every other parameter is initialised as without it (same seed, same model)
-        self.probe = credit.RetrievalProbe(d, cfg.vocab_size, cfg.n_heads) if cfg.credit == "probe" else None
+        self.probe = credit.RetrievalProbe(cfg) if cfg.credit == "probe" else None
 
     # ------------------------------------------------------------------------------------------
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
@@ -145,7 +143,7 @@ class SelectiveMemoryTransformer(nn.Module):
         )
         aux = self._losses(tokens, state, gates, scores, rec)
         stats = {"start": state.position.clone(), "layers": layer_stats}
-        return Output(logits, new_state, stats, aux, scores, h)
+        return Output(logits, new_state, stats, aux, scores)
 
     def _losses(self, tokens: Tensor, state: MemoryState, gates: list[Tensor], scores: list[Tensor],
                 rec: list[Tensor]) -> dict[str, Tensor]:
@@ -185,7 +183,7 @@ class SelectiveMemoryTransformer(nn.Module):
             if answer_targets is None or answer_targets.shape != tokens.shape:
                 raise ValueError("credit='probe' needs answer_targets (B, N), the targets at the answer positions")
             seg = segment_len or cfg.max_segment_len
-            out.losses["probe"], c = credit.probe_losses(self.probe, out.hidden, out.scores, seg, answer_mask,
+            out.losses["probe"], c = credit.probe_losses(self.probe, tokens, out.scores, seg, answer_mask,
                                                           answer_targets)
             out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * out.losses["probe"]
         out.losses["credit"] = c
@@ -253,12 +251,10 @@ def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, stat
         raise ValueError("tokens is empty: a sequence needs at least one token")
     logits = torch.cat([o.logits for o in outs], dim=1)
     aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
-    scores = hidden = None
+    scores = None
     if getattr(outs[0], "scores", None) is not None:
         scores = [torch.cat([o.scores[l] for o in outs], dim=1) for l in range(len(outs[0].scores))]
-    if getattr(outs[0], "hidden", None) is not None:
-        hidden = torch.cat([o.hidden for o in outs], dim=1)
-    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux, scores, hidden)
+    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux, scores)
 
 
 def _detached(**tensors: Tensor | None) -> dict[str, Tensor | None]:

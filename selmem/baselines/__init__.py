@@ -49,8 +49,14 @@ def build_model(name: str, cfg: SelmemConfig) -> nn.Module:
 
 
 def params(model: nn.Module) -> int:
-    """Number of parameters (all of them are trained)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of parameters the model runs with. selmem's credit probe (``probe.*``) is left out: it
+    is a train-time teacher that inference never touches (``train_only_params`` counts it)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("probe."))
+
+
+def train_only_params(model: nn.Module) -> int:
+    """Parameters used in training only (selmem's credit probe); 0 for the other models."""
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith("probe."))
 
 
 def state_size(name: str, cfg: SelmemConfig, seq_len: int | None = None) -> int:

@@ -31,7 +31,8 @@ def lstm_hidden(cfg: SelmemConfig) -> int:
     from selmem.model import SelectiveMemoryTransformer  # the model the comparison is against
 
     with torch.device("meta"):
-        target = sum(p.numel() for p in SelectiveMemoryTransformer(cfg).parameters())
+        model = SelectiveMemoryTransformer(cfg)
+        target = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("probe."))
     a, b = 8 * cfg.n_layers, 2 * cfg.vocab_size + 8 * cfg.n_layers  # a H^2 + b H = target
     root = (-b + math.sqrt(b * b + 4 * a * target)) / (2 * a)
     candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}

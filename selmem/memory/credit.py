@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selmem.layers import RMSNorm
+from selmem.config import SelmemConfig
+from selmem.layers import Block, RMSNorm
 
 
 def read_credit(stats: dict[str, Any], answer_mask: Tensor) -> list[Tensor]:
@@ -84,39 +85,49 @@ def credit_loss(scores: list[Tensor], credit: list[Tensor], answers: int) -> Ten
 
 
 class RetrievalProbe(nn.Module):
-    """A train-time teacher for head B: one multi-head attention layer that may look back over
-    the whole training sequence, but only at earlier segments, exactly what the memory must carry.
+    """A train-time teacher for head B: a small full-attention Transformer over the whole
+    training window, whose last attention may only look at earlier segments (exactly what the
+    memory must carry).
 
-    It reads the model's final features h (B, N, d), answers the scored positions from what it
-    retrieves (logits = W_o(o + x), cross-entropy on the task's targets), and so learns *where
-    the answers are* about as fast as full attention does. Its attention at the answers (mean over
-    heads) is the target for head B: y_t = min(1, sum over answers q of attn[q, t]). A token is
-    worth caching when a later answer needs it. Each head may also attend to a learned null
-    entry (nothing in the past helps). The probe is never used at inference: memory stays
-    constant and the forward pass unchanged; it costs O(N^2) over the training window only.
+    Its own embedding, ``probe_layers`` causal blocks (with the short convolution that binds a key
+    to its value, as every model here has), then one multi-head retrieval attention over earlier
+    segments plus a learned null entry (nothing in the past helps); logits = W_o(o + x) answer
+    the scored positions (cross-entropy on the task's targets). It is the `full` baseline in
+    miniature, so it finds *where the answers are* about as fast as full attention does (about
+    300 steps on configs/cpu.yaml). Its retrieval attention at the answers, mean over heads, is
+    head B's target: y_t = min(1, sum over answers q of attn[q, t]): a token is worth caching
+    when a later answer retrieves it. The probe reads tokens, not the model's features, and is
+    never used by ``forward``: inference memory stays constant and the forward pass unchanged.
+    It costs a full-attention pass over the training window, at training time only.
     """
 
-    def __init__(self, d: int, vocab_size: int, n_heads: int = 1) -> None:
+    def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()
-        if d % n_heads:
-            raise ValueError(f"probe width {d} must be divisible by n_heads={n_heads}")
-        self.n_heads = n_heads
+        d, H = cfg.d_model, cfg.n_heads
+        self.n_heads = H
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.blocks = nn.ModuleList(Block(d, H, cfg.mlp_ratio, layer_idx=i, prefix=False,
+                                          conv_kernel=cfg.short_conv) for i in range(cfg.probe_layers))
         self.norm = RMSNorm(d)
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.null = nn.Parameter(torch.zeros(2, d))  # key/value to attend to when nothing helps
-        self.out = nn.Linear(d, vocab_size, bias=False)
+        self.out = nn.Linear(d, cfg.vocab_size, bias=False)
 
-    def forward(self, h: Tensor, segment_len: int) -> tuple[Tensor, Tensor]:
-        """h (B, N, d) -> logits (B, N, V), attention (B, N, N) on earlier segments' tokens."""
-        B, N, d = h.shape
+    def forward(self, tokens: Tensor, segment_len: int) -> tuple[Tensor, Tensor]:
+        """tokens (B, N) -> logits (B, N, V), retrieval attention (B, N, N) on earlier segments."""
+        B, N = tokens.shape
+        h = self.embed(tokens)
+        for block in self.blocks:
+            h, _ = block(h)  # causal over the whole window, rotary positions 0..N-1
+        d = h.shape[-1]
         H, D = self.n_heads, d // self.n_heads
         x = self.norm(h)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         k = torch.cat([self.null[:1].expand(B, 1, d), k], dim=1)  # (B, 1+N, d)
         v = torch.cat([self.null[1:].expand(B, 1, d), v], dim=1)
         q, k, v = (t.view(B, -1, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, ., D)
-        seg = torch.arange(N, device=h.device) // segment_len
-        allowed = torch.cat([torch.ones(N, 1, dtype=torch.bool, device=h.device),
+        seg = torch.arange(N, device=tokens.device) // segment_len
+        allowed = torch.cat([torch.ones(N, 1, dtype=torch.bool, device=tokens.device),
                              seg[None, :] < seg[:, None]], dim=1)  # (N, 1+N): null + earlier segments
         scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~allowed, float("-inf"))
         attn = scores.softmax(-1)  # (B, H, N, 1+N)
@@ -124,12 +135,12 @@ class RetrievalProbe(nn.Module):
         return self.out(o + x), attn.mean(1)[..., 1:]
 
 
-def probe_losses(probe: RetrievalProbe, hidden: Tensor, scores: list[Tensor], segment_len: int,
+def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], segment_len: int,
                  answer_mask: Tensor, answer_targets: Tensor) -> tuple[Tensor, Tensor]:
     """(probe cross-entropy at the answers, head-B BCE toward the probe's credit) for one batch.
-    hidden (B, N, d) final features; scores per layer (B, N); answer_mask (B, N) bool;
-    answer_targets (B, N) long (read where answer_mask)."""
-    logits, attn = probe(hidden, segment_len)
+    tokens (B, N); scores per layer (B, N); answer_mask (B, N) bool; answer_targets (B, N) long
+    (read where answer_mask)."""
+    logits, attn = probe(tokens, segment_len)
     ce = F.cross_entropy(logits[answer_mask].float(), answer_targets[answer_mask])
     target = (attn.detach() * answer_mask[..., None]).sum(1).clamp(max=1.0)  # (B, N)
     bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selmem.baselines import params, train_only_params
 from selmem.experiment import ExperimentConfig, build
 from selmem.metrics import memory_metrics
 from selmem.model import SelectiveMemoryTransformer
@@ -174,7 +175,7 @@ class Trainer:
         peak = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         results = {"arch": self.exp.arch, "task": self.exp.task.name, "steps": step, "wall_s": wall,
-                   "params": sum(p.numel() for p in self.model.parameters()),
+                   "params": params(self.model), "train_only_params": train_only_params(self.model),
                    "state_floats": self.model.state_size(seq_len=self.task.seq_len), "chance": self.task.chance,
                    "train_tokens_per_s": sum(speeds) / max(len(speeds), 1), "peak_mem_mb": peak,
                    "test": final}

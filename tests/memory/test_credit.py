@@ -84,9 +84,10 @@ def test_model_adds_the_credit_loss_only_when_asked():
 
 def test_probe_looks_only_at_earlier_segments():
     from selmem.memory.credit import RetrievalProbe
+    from tests.helpers import tiny_cfg
 
-    probe = RetrievalProbe(16, 10)
-    logits, attn = probe(torch.randn(2, 12, 16), segment_len=4)
+    probe = RetrievalProbe(tiny_cfg(vocab_size=10))
+    logits, attn = probe(torch.randint(0, 10, (2, 12)), segment_len=4)
     assert logits.shape == (2, 12, 10) and attn.shape == (2, 12, 12)
     seg = torch.arange(12) // 4
     later_or_same = seg[None, :] >= seg[:, None]

@@ -25,6 +25,7 @@ RESULT_KEYS = {
     "steps",
     "wall_s",
     "params",
+    "train_only_params",
     "state_floats",
     "chance",
     "train_tokens_per_s",
