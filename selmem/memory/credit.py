@@ -113,8 +113,11 @@ class RetrievalProbe(nn.Module):
         self.null = nn.Parameter(torch.zeros(2, d))  # key/value to attend to when nothing helps
         self.out = nn.Linear(d, cfg.vocab_size, bias=False)
 
-    def forward(self, tokens: Tensor, segment_len: int) -> tuple[Tensor, Tensor]:
-        """tokens (B, N) -> logits (B, N, V), retrieval attention (B, N, N) on earlier segments."""
+    def forward(self, tokens: Tensor, segment_len: int, answers: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens (B, N), answers (B, N) bool -> logits (A, V) at the A answer positions (row-major
+        order, as ``x[answers]``) and retrieval attention (A, N) of each answer on every token of
+        an earlier segment. Only the answers query the past: the other rows would cost N^2 and
+        teach nothing."""
         B, N = tokens.shape
         h = self.embed(tokens)
         for block in self.blocks:
@@ -123,16 +126,18 @@ class RetrievalProbe(nn.Module):
         H, D = self.n_heads, d // self.n_heads
         x = self.norm(h)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        k = torch.cat([self.null[:1].expand(B, 1, d), k], dim=1)  # (B, 1+N, d)
-        v = torch.cat([self.null[1:].expand(B, 1, d), v], dim=1)
-        q, k, v = (t.view(B, -1, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, ., D)
+        row, pos = answers.nonzero(as_tuple=True)  # (A,) each
+        q = q.view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
+        k = torch.cat([self.null[:1].expand(B, 1, d), k], dim=1).view(B, N + 1, H, D).transpose(1, 2)
+        v = torch.cat([self.null[1:].expand(B, 1, d), v], dim=1).view(B, N + 1, H, D).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2))[row, :, pos] / math.sqrt(D)  # (A, H, 1+N): one batched matmul
         seg = torch.arange(N, device=tokens.device) // segment_len
-        allowed = torch.cat([torch.ones(N, 1, dtype=torch.bool, device=tokens.device),
-                             seg[None, :] < seg[:, None]], dim=1)  # (N, 1+N): null + earlier segments
-        scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~allowed, float("-inf"))
-        attn = scores.softmax(-1)  # (B, H, N, 1+N)
-        o = (attn @ v).transpose(1, 2).reshape(B, N, d)
-        return self.out(o + x), attn.mean(1)[..., 1:]
+        allowed = torch.cat([torch.ones_like(pos)[:, None].bool(),
+                             seg[None, :] < (pos // segment_len)[:, None]], dim=1)  # (A, 1+N)
+        attn = scores.masked_fill(~allowed[:, None, :], float("-inf")).softmax(-1)  # (A, H, 1+N)
+        full = attn.new_zeros(B, N, H, N + 1).index_put((row, pos), attn)  # answers' rows, zeros elsewhere
+        o = (full.transpose(1, 2) @ v).transpose(1, 2)[row, pos].reshape(-1, d)  # (A, d)
+        return self.out(o + x[row, pos]), attn.mean(1)[:, 1:]
 
 
 def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], segment_len: int,
@@ -140,8 +145,9 @@ def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], se
     """(probe cross-entropy at the answers, head-B BCE toward the probe's credit) for one batch.
     tokens (B, N); scores per layer (B, N); answer_mask (B, N) bool; answer_targets (B, N) long
     (read where answer_mask)."""
-    logits, attn = probe(tokens, segment_len)
-    ce = F.cross_entropy(logits[answer_mask].float(), answer_targets[answer_mask])
-    target = (attn.detach() * answer_mask[..., None]).sum(1).clamp(max=1.0)  # (B, N)
+    logits, attn = probe(tokens, segment_len, answer_mask)  # (A, V), (A, N)
+    ce = F.cross_entropy(logits.float(), answer_targets[answer_mask])
+    row = answer_mask.nonzero(as_tuple=True)[0]
+    target = torch.zeros_like(scores[0], dtype=attn.dtype).index_add(0, row, attn.detach()).clamp(max=1.0)
     bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()
     return ce, bce

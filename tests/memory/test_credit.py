@@ -87,12 +87,15 @@ def test_probe_looks_only_at_earlier_segments():
     from tests.helpers import tiny_cfg
 
     probe = RetrievalProbe(tiny_cfg(vocab_size=10))
-    logits, attn = probe(torch.randint(0, 10, (2, 12)), segment_len=4)
-    assert logits.shape == (2, 12, 10) and attn.shape == (2, 12, 12)
-    seg = torch.arange(12) // 4
-    later_or_same = seg[None, :] >= seg[:, None]
-    assert (attn[:, later_or_same] == 0).all()
-    assert (attn.sum(-1) <= 1 + 1e-6).all() and (attn[:, 4:, :4].sum(-1) > 0).all()
+    answers = torch.zeros(2, 12, dtype=torch.bool)
+    answers[0, [2, 9]] = answers[1, 5] = True
+    logits, attn = probe(torch.randint(0, 10, (2, 12)), 4, answers)
+    assert logits.shape == (3, 10) and attn.shape == (3, 12)
+    # answer at position 2 (segment 0) has no past: all on the null entry; 9 sees 0-7, 5 sees 0-3
+    assert (attn[0] == 0).all()
+    assert (attn[1, 8:] == 0).all() and attn[1, :8].sum() > 0
+    assert (attn[2, 4:] == 0).all() and attn[2, :4].sum() > 0
+    assert (attn.sum(-1) <= 1 + 1e-6).all()
 
 
 def test_probe_credit_trains_head_b_and_leaves_the_forward_pass_alone():
