@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selmem.config import SelmemConfig
-from selmem.layers import Block, RMSNorm
+from selmem.layers import MLP, Block, RMSNorm, ShortConv
 
 
 def read_credit(stats: dict[str, Any], answer_mask: Tensor) -> list[Tensor]:
@@ -90,9 +90,10 @@ class RetrievalProbe(nn.Module):
     memory must carry).
 
     Its own embedding, ``probe_layers`` causal blocks (with the short convolution that binds a key
-    to its value, as every model here has), then one multi-head retrieval attention over earlier
-    segments plus a learned null entry (nothing in the past helps); logits = W_o(o + x) answer
-    the scored positions (cross-entropy on the task's targets). It is the `full` baseline in
+    to its value, as every model here has) for the queries, then one multi-head retrieval
+    attention over earlier segments plus a learned null entry (nothing in the past helps), whose
+    keys and values are local (a token's short-conv window and an MLP); logits = W_o(o + x)
+    answer the scored positions (cross-entropy on the task's targets). It is the `full` baseline in
     miniature, so it finds *where the answers are* about as fast as full attention does (about
     300 steps on configs/cpu.yaml). Its retrieval attention at the answers, mean over heads, is
     head B's target: y_t = min(1, sum over answers q of attn[q, t]): a token is worth caching
@@ -108,8 +109,13 @@ class RetrievalProbe(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.blocks = nn.ModuleList(Block(d, H, cfg.mlp_ratio, layer_idx=i, prefix=False,
                                           conv_kernel=cfg.short_conv) for i in range(cfg.probe_layers))
-        self.norm = RMSNorm(d)
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        # keys and values see only a token's short-conv window: see forward
+        self.local_conv = ShortConv(d, max(cfg.short_conv, 1))
+        self.local_norm0, self.local_norm1 = RMSNorm(d), RMSNorm(d)
+        self.local_mlp = MLP(d, cfg.mlp_ratio * d)
+        self.norm, self.local_norm = RMSNorm(d), RMSNorm(d)
+        self.q = nn.Linear(d, d, bias=False)
+        self.kv = nn.Linear(d, 2 * d, bias=False)
         self.null = nn.Parameter(torch.zeros(2, d))  # key/value to attend to when nothing helps
         self.out = nn.Linear(d, cfg.vocab_size, bias=False)
 
@@ -119,13 +125,22 @@ class RetrievalProbe(nn.Module):
         an earlier segment. Only the answers query the past: the other rows would cost N^2 and
         teach nothing."""
         B, N = tokens.shape
-        h = self.embed(tokens)
+        e = self.embed(tokens)
+        h = e
         for block in self.blocks:
             h, _ = block(h)  # causal over the whole window, rotary positions 0..N-1
+        # Keys and values are *local*: a token's own short-conv window, never what the causal
+        # blocks moved into it from far away. Otherwise the retrieval may pick any later token
+        # that gathered the pair (measured: a seed whose probe answered perfectly from tokens
+        # 5-16 places after the pair, a target head B could not follow). With local keys the
+        # credit lands on the token whose neighbourhood holds what the answer needs.
+        loc = e + self.local_conv(self.local_norm0(e))
+        loc = self.local_norm(loc + self.local_mlp(self.local_norm1(loc)))
         d = h.shape[-1]
         H, D = self.n_heads, d // self.n_heads
         x = self.norm(h)
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q = self.q(x)
+        k, v = self.kv(loc).chunk(2, dim=-1)
         row, pos = answers.nonzero(as_tuple=True)  # (A,) each
         q = q.view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
         k = torch.cat([self.null[:1].expand(B, 1, d), k], dim=1).view(B, N + 1, H, D).transpose(1, 2)
