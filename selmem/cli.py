@@ -103,7 +103,7 @@ def load_run(run: str | Path, ckpt: str = "best", task_set: list[str] | None = N
         exp = replace(exp, task=replace(exp.task, **updates))
     exp = exp.resolved()
     model, task = build(exp)
-    load_model_weights(run / "ckpt" / ckpt, model)
+    load_model_weights(run / "ckpt" / ckpt, model, inference=True)
     return exp, model.eval(), task
 
 

@@ -59,14 +59,23 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return path
 
 
-def load_model_weights(path: str | Path, model: nn.Module) -> None:
-    """Load ``model.safetensors`` from a checkpoint folder, naming what does not fit."""
+#: parameters used in training only (selmem's credit probe): inference can do without them
+TRAIN_ONLY = "probe."
+
+
+def load_model_weights(path: str | Path, model: nn.Module, inference: bool = False) -> None:
+    """Load ``model.safetensors`` from a checkpoint folder, naming what does not fit. With
+    ``inference`` the train-time-only parameters (``probe.*``) may be absent or differ: evaluating
+    a model does not need the teacher it was trained with (they keep the model's own values)."""
     path = Path(path)
     file = path / "model.safetensors"
     if not file.is_file():
         raise FileNotFoundError(f"no model.safetensors in checkpoint {path}")
     state = load_file(str(file), device=str(next(model.parameters()).device))
     own = model.state_dict()
+    if inference:
+        state = {k: v for k, v in state.items() if not k.startswith(TRAIN_ONLY)}
+        state.update({k: v for k, v in own.items() if k.startswith(TRAIN_ONLY)})
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()

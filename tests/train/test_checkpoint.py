@@ -133,3 +133,18 @@ def test_loading_into_another_config_names_the_misfit(tmp_path, overrides, match
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model.safetensors in checkpoint"):
         load_model_weights(tmp_path / "nowhere", tiny_model(**TINY))
+
+
+def test_inference_loading_does_without_the_train_time_probe(tmp_path):
+    """Evaluating a model does not need the teacher it was trained with: a checkpoint trained with
+    the credit probe loads into a model without one (and back) for inference, never for resume."""
+    model = tiny_model(torch.float32, **TINY)  # credit='probe' by default
+    save_checkpoint(tmp_path / "ckpt", model)
+    plain = tiny_model(torch.float32, **{**TINY, "credit": "none"})
+    with pytest.raises(ValueError, match=r"unexpected \['probe\."):
+        load_model_weights(tmp_path / "ckpt", plain)
+    load_model_weights(tmp_path / "ckpt", plain, inference=True)
+    shared = {k: v for k, v in model.state_dict().items() if not k.startswith("probe.")}
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in shared.items())
+    save_checkpoint(tmp_path / "plain", plain)
+    load_model_weights(tmp_path / "plain", model, inference=True)  # probe missing: kept as it was
