@@ -21,6 +21,7 @@ commands:
   eval      evaluate a run's checkpoint        selmem eval runs/NAME
   inspect   pictures of what the memory holds  selmem inspect runs/NAME
   compare   several models, same budget        selmem compare --config configs/recall.yaml
+  ablate    selmem with each part switched off  selmem ablate --config configs/cpu/mqar.yaml
   bench     speed and memory of every model    selmem bench --config configs/cpu.yaml
   report    comparisons -> docs/RESULTS.md      selmem report runs/compare-NAME
   tasks     list tasks and their parameters    selmem tasks
@@ -114,7 +115,7 @@ def cmd_eval(args: list[str]) -> int:
     exp, model, task = load_run(a.run, a.ckpt, a.task_set)
     device = resolve_device(exp.train.device)
     test = task.test_set(a.batches or exp.train.eval_batches, exp.train.batch_size)
-    result = evaluate(model.to(device), test, exp.segment_len(), device)
+    result = evaluate(model.to(device), test, exp.segment_len(), device, task)
     result["chance"] = task.chance
     print(json.dumps(result, indent=1))
     return 0
@@ -152,6 +153,18 @@ def cmd_compare(args: list[str]) -> int:
     a = tyro.cli(CompareArgs, args=rest, default=CompareArgs(CompareConfig(), base), prog="selmem compare")
     out_dir, table = compare(a.exp, a.compare)
     print(f"\n{table}\n\nwritten to {out_dir}/ (results.md, results.csv, curves.png, state.png)")
+    return 0
+
+
+def cmd_ablate(args: list[str]) -> int:
+    from selmem.analysis.ablate import AblateArgs, AblateConfig, ablate
+    from selmem.experiment import ExperimentConfig
+
+    path, rest = pop_config(args)
+    base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
+    a = tyro.cli(AblateArgs, args=rest, default=AblateArgs(AblateConfig(), base), prog="selmem ablate")
+    out_dir, table = ablate(a.exp, a.ablate)
+    print(f"\n{table}\n\nwritten to {out_dir}/ (results.md, results.json, ablation.png)")
     return 0
 
 
@@ -193,8 +206,8 @@ def cmd_tasks(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench, "report": cmd_report,
-    "tasks": cmd_tasks, "inspect": cmd_inspect,
+    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "ablate": cmd_ablate, "bench": cmd_bench,
+    "report": cmd_report, "tasks": cmd_tasks, "inspect": cmd_inspect,
 }
 
 

@@ -117,39 +117,63 @@ def _train_one(exp_dict: dict[str, Any], threads: int) -> dict[str, Any]:
     return res
 
 
+# test metrics a table can show, with their labels; a row carries those its task reports
+METRICS = {"accuracy": "test accuracy", "bits_per_token": "test bits/token", "mae": "test MAE", "r2": "test R²"}
+
+
+def metric_keys(rows_or_runs: list[dict[str, Any]]) -> list[str]:
+    """The metrics a table shows: accuracy for classification, bits per token for language
+    modelling, plus MAE and R² where the task predicts a number (molecules)."""
+    first = rows_or_runs[0]
+    test = first.get("test", first)
+    keys = ["bits_per_token"] if first["chance"] is None else ["accuracy"]
+    return keys + [k for k in ("mae", "r2") if k in test]
+
+
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model and state size: mean and std over seeds of the test metrics, and the run
-    facts."""
+    """One row per model (its ``label`` where a run has one, else its arch) and state size: mean
+    and std over seeds of the test metrics, and the run facts."""
     rows = []
-    for arch, floats in dict.fromkeys((r["arch"], r["state_floats"]) for r in results):
-        runs = [r for r in results if r["arch"] == arch and r["state_floats"] == floats]
-        acc = [r["test"]["accuracy"] for r in runs]
-        bits = [r["test"]["bits_per_token"] for r in runs]
-        rows.append({
-            "model": arch, "seeds": len(runs),
-            "accuracy": statistics.mean(acc), "accuracy_std": statistics.pstdev(acc),
-            "bits_per_token": statistics.mean(bits), "bits_std": statistics.pstdev(bits),
+    label = [r.get("label", r["arch"]) for r in results]
+    for name, floats in dict.fromkeys(zip(label, (r["state_floats"] for r in results), strict=True)):
+        runs = [r for r, n in zip(results, label, strict=True) if n == name and r["state_floats"] == floats]
+        row: dict[str, Any] = {"model": name, "seeds": len(runs)}
+        for key in ["accuracy", "bits_per_token"] + [k for k in ("mae", "r2") if k in runs[0]["test"]]:
+            values = [r["test"][key] for r in runs]
+            std_key = "bits_std" if key == "bits_per_token" else f"{key}_std"
+            row.update({key: statistics.mean(values), std_key: statistics.pstdev(values)})
+        row.update({
             "params": runs[0]["params"], "state_floats": runs[0]["state_floats"],
             "steps": statistics.mean(r["steps"] for r in runs),
             "train_tokens_per_s": statistics.mean(r["train_tokens_per_s"] for r in runs),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in runs),
             "wall_s": statistics.mean(r["wall_s"] for r in runs), "chance": runs[0]["chance"],
         })
+        rows.append(row)
     return rows
 
 
+def fmt_metric(row: dict[str, Any], key: str) -> str:
+    """``mean ± std`` of a row's metric, as a percentage for accuracy."""
+    std = row["bits_std" if key == "bits_per_token" else f"{key}_std"]
+    if key == "accuracy":
+        return f"{row[key]:.1%} ± {std:.1%}"
+    return f"{row[key]:.3f} ± {std:.3f}" if key != "mae" else f"{row[key]:.2f} ± {std:.2f}"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lm = rows and rows[0]["chance"] is None
-    metric = "test bits/token" if lm else "test accuracy"
-    lines = [f"| model | {metric} | params | state floats | steps | train tok/s | peak MB | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+    keys = metric_keys(rows) if rows else ["accuracy"]
+    head = " | ".join(METRICS[k] for k in keys)
+    lines = [f"| model | {head} | params | state floats | steps | train tok/s | peak MB | wall s |",
+             "|---|" + "---|" * len(keys) + "---|---|---|---|---|---|"]
     for r in rows:
-        m = (f"{r['bits_per_token']:.3f} ± {r['bits_std']:.3f}" if lm
-             else f"{r['accuracy']:.1%} ± {r['accuracy_std']:.1%}")
+        m = " | ".join(fmt_metric(r, k) for k in keys)
         lines.append(f"| {r['model']} | {m} | {r['params']:,} | {r['state_floats']:,} | {r['steps']:.0f} | "
                      f"{r['train_tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} | {r['wall_s']:.0f} |")
-    if not lm and rows:
+    if rows and rows[0]["chance"] is not None:
         lines.append(f"\nchance = {rows[0]['chance']:.1%}; mean ± std over {rows[0]['seeds']} seed(s).")
+    elif rows:
+        lines.append(f"\nmean ± std over {rows[0]['seeds']} seed(s); lower bits are better.")
     return "\n".join(lines)
 
 
@@ -173,6 +197,31 @@ def write_report(out_dir: Path, results: list[dict[str, Any]], base: ExperimentC
     return table
 
 
+def run_all(exps: list[ExperimentConfig], workers: int, out_dir: Path) -> list[dict[str, Any]]:
+    """Train every experiment, ``workers`` at a time in separate processes (threads split between
+    them); results in the order of ``exps``."""
+    workers = max(1, min(workers, len(exps)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    print(f"training {len(exps)} runs, {workers} at a time, {threads} thread(s) each -> {out_dir}",
+          file=sys.stderr, flush=True)
+    if workers == 1:
+        return [_train_one(e.to_dict(), threads) for e in exps]
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_train_one, [e.to_dict() for e in exps], [threads] * len(exps)))
+
+
+def new_folder(base: ExperimentConfig, name: str, kind: str) -> Path:
+    """``train.out_dir/name`` (default ``<kind>-<task>-<timestamp>``), created empty; an existing
+    non-empty folder is never overwritten."""
+    out_dir = Path(base.train.out_dir) / (name or f"{kind}-{base.task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists; pick another --{kind}.name")
+    out_dir.mkdir(parents=True)
+    return out_dir
+
+
 def compare(base: ExperimentConfig, cc: CompareConfig) -> tuple[Path, str]:
     """Train every (model, seed) of ``cc`` on ``base``'s task and budget; write the report."""
     unknown = [m for m in cc.models if m not in STATE_KNOB]
@@ -180,22 +229,9 @@ def compare(base: ExperimentConfig, cc: CompareConfig) -> tuple[Path, str]:
         raise ValueError(f"unknown model(s) {unknown}; known: {sorted(STATE_KNOB)}")
     if not cc.seeds:
         raise ValueError("compare needs at least one seed")
-    out_dir = Path(base.train.out_dir) / (cc.name or f"compare-{base.task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists; pick another --compare.name")
-    out_dir.mkdir(parents=True)
+    out_dir = new_folder(base, cc.name, "compare")
     exps = plan(base, cc, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")
     (out_dir / "compare.json").write_text(json.dumps(asdict(cc), indent=1))
-    workers = max(1, min(cc.workers, len(exps)))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    print(f"training {len(exps)} runs, {workers} at a time, {threads} thread(s) each -> {out_dir}",
-          file=sys.stderr, flush=True)
-    if workers == 1:
-        results = [_train_one(e.to_dict(), threads) for e in exps]
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            results = list(pool.map(_train_one, [e.to_dict() for e in exps], [threads] * len(exps)))
+    results = run_all(exps, cc.workers, out_dir)
     return out_dir, write_report(out_dir, results, base)

@@ -27,12 +27,14 @@ def plot_compare(out_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     sizes_of: dict[str, set[int]] = defaultdict(set)
     for r in results:
-        sizes_of[r["arch"]].add(r["state_floats"])
+        sizes_of[r.get("label", r["arch"])].add(r["state_floats"])
     for r in results:  # a model swept over several sizes gets a curve per size
-        label = r["arch"] if len(sizes_of[r["arch"]]) == 1 else f"{r['arch']} ({r['state_floats']:,} floats)"
-        for rec in read_metrics(r["run_dir"]):
-            if rec.get("split") == "test":
-                curves[label][rec["step"]].append(rec[key])
+        name = r.get("label", r["arch"])
+        label = name if len(sizes_of[name]) == 1 else f"{name} ({r['state_floats']:,} floats)"
+        points = r.get("curve") or [[rec["step"], rec[key]] for rec in read_metrics(r["run_dir"])
+                                    if rec.get("split") == "test"]
+        for step, value in points:
+            curves[label][step].append(value)
     fig, ax = plt.subplots(figsize=(6, 4))
     for arch, by_step in curves.items():
         steps = sorted(by_step)
@@ -49,7 +51,7 @@ def plot_compare(out_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     final: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in results:
-        final[r["arch"]].append((r["state_floats"], r["test"][key]))
+        final[r.get("label", r["arch"])].append((r["state_floats"], r["test"][key]))
     for arch, pts in final.items():
         by_size: dict[int, list[float]] = defaultdict(list)
         for size, v in pts:

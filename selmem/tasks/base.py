@@ -31,6 +31,8 @@ class Batch:
     source:    (B, N, 2) long, for each scored position the half-open span [start, end) of input
                positions holding what its answer needs (for read hit rate); -1 where unknown.
                None where the task cannot say.
+    values:    (B, N) float, for tasks whose answer stands for a number (molecules: the property
+               whose bin is the target), that number at each scored position; None otherwise.
     """
 
     tokens: Tensor
@@ -38,6 +40,7 @@ class Batch:
     loss_mask: Tensor
     relevant: Tensor | None = None
     source: Tensor | None = None
+    values: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """Move every tensor to ``device``."""
@@ -76,6 +79,11 @@ class Task:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the parameters are impossible."""
+
+    def predict_values(self, logits: Tensor) -> Tensor:
+        """(n,) numbers the (n, vocab) logits at scored positions stand for; only tasks whose
+        batches carry ``values`` (regression read off a classifier) implement it."""
+        raise NotImplementedError(f"task {self.name} has no numeric answers")
 
     def batch(self, split: str, index: int, batch_size: int) -> Batch:
         raise NotImplementedError

@@ -55,6 +55,7 @@ def make_batch(
     loss_mask: np.ndarray,
     relevant: np.ndarray | None = None,
     source: np.ndarray | None = None,
+    values: np.ndarray | None = None,
 ) -> Batch:
     """Turn numpy arrays (B, N) / (B, N, 2) into a :class:`Batch` of long/bool torch tensors.
 
@@ -71,6 +72,9 @@ def make_batch(
         source=None
         if source is None
         else torch.from_numpy(np.ascontiguousarray(source, dtype=np.int64)),
+        values=None
+        if values is None
+        else torch.from_numpy(np.ascontiguousarray(np.where(loss_mask, values, 0.0), dtype=np.float32)),
     )
 
 

@@ -31,7 +31,10 @@ is 18 bytes, so it is dropped; a molecule ``CCO`` whose property fell in bin 0 w
 - train: molecules drawn uniformly with replacement from the rng;
 - test: batch ``i`` holds test molecules ``i*B .. i*B+B-1`` modulo their number (in file order).
 
-Chance accuracy is ``1/num_bins`` (quantile bins are about balanced).
+Chance accuracy is ``1/num_bins`` (quantile bins are about balanced). Batches also carry the
+property itself (``Batch.values`` at ANSWER), and ``predict_values`` reads a number off the logits
+(the bins' train medians weighted by the predicted probabilities), so evaluation reports MAE and
+R^2 of the property as well as the bin accuracy.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from selmem.tasks.base import SPLIT_IDS, Batch, Task
 from selmem.tasks.common import (
@@ -148,11 +153,22 @@ class MoleculesTask(Task):
         """The ``num_bins - 1`` inner quantile edges, computed on the train split."""
         return _edges(self.target, self.num_bins, self.max_len)
 
+    def bin_values(self) -> np.ndarray:
+        """(num_bins,) the median property of each bin's train molecules: what a bin stands for."""
+        return _bin_values(self.target, self.num_bins, self.max_len)
+
+    def predict_values(self, logits: Tensor) -> Tensor:
+        """The predicted property: the bins' train medians weighted by the model's probabilities
+        over the label tokens (the rest of the vocabulary is ignored). (n, vocab) -> (n,)."""
+        probs = logits[..., LABEL0 : LABEL0 + self.num_bins].float().softmax(-1)
+        return probs @ torch.as_tensor(self.bin_values(), dtype=probs.dtype, device=probs.device)
+
     def batch(self, split: str, index: int, batch_size: int) -> Batch:
         """Batch ``index`` of ``split``: a pure function of the parameters, split and index."""
         self.validate()
         check_batch_args(index, batch_size)
         smiles, labels = self.split_data(split)
+        props = _split_values(self.target, self.max_len, split)
         if split == "train":
             picks = self.rng(split, index).integers(0, len(smiles), size=batch_size)
         else:
@@ -170,9 +186,11 @@ class MoleculesTask(Task):
             source[b, N - 1] = (start, N - 1)
         tokens[:, N - 1] = ANSWER
         targets[:, N - 1] = LABEL0 + labels[picks]
+        values = np.zeros((B, N))
+        values[:, N - 1] = props[picks]
         loss_mask = np.zeros((B, N), dtype=bool)
         loss_mask[:, N - 1] = True
-        return make_batch(tokens, targets, loss_mask, relevant, source)
+        return make_batch(tokens, targets, loss_mask, relevant, source, values)
 
 
 def _is_test(i: int) -> bool:
@@ -190,16 +208,30 @@ def _edges(target: str, num_bins: int, max_len: int) -> np.ndarray:
     return np.quantile(values[keep], np.arange(1, num_bins) / num_bins)
 
 
+def _keep(target: str, max_len: int, split: str) -> list[int]:
+    smiles, _ = load_molecules(target)
+    return [i for i, s in enumerate(smiles) if len(s.encode()) <= max_len and _is_test(i) == (split == "test")]
+
+
+@lru_cache(maxsize=16)
+def _split_values(target: str, max_len: int, split: str) -> np.ndarray:
+    """The property of each molecule of ``split``, in the order of ``_split_data``."""
+    return load_molecules(target)[1][_keep(target, max_len, split)]
+
+
+@lru_cache(maxsize=16)
+def _bin_values(target: str, num_bins: int, max_len: int) -> np.ndarray:
+    _, labels = _split_data(target, num_bins, max_len, "train")
+    values = _split_values(target, max_len, "train")
+    return np.array([np.median(values[labels == b]) if (labels == b).any() else np.nan for b in range(num_bins)])
+
+
 @lru_cache(maxsize=16)
 def _split_data(
     target: str, num_bins: int, max_len: int, split: str
 ) -> tuple[tuple[str, ...], np.ndarray]:
     smiles, values = load_molecules(target)
-    keep = [
-        i
-        for i, s in enumerate(smiles)
-        if len(s.encode()) <= max_len and _is_test(i) == (split == "test")
-    ]
+    keep = _keep(target, max_len, split)
     if not keep:
         raise ValueError(
             f"max_len={max_len} leaves no {split} molecules for target={target!r}; raise max_len"

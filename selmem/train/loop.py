@@ -61,24 +61,39 @@ def credit_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: torch.device,
+             task: Task | None = None) -> dict[str, float]:
     """Loss (nats per scored token), accuracy, bits per scored token, and memory diagnostics
-    averaged over the batches (token-weighted for loss and accuracy)."""
+    averaged over the batches (token-weighted for loss and accuracy). Where the batches carry
+    ``values`` (molecules), also the MAE and R^2 of ``task.predict_values`` against them."""
     was_training = model.training
     model.eval()
     total, correct, count = 0.0, 0, 0
     mem: dict[str, list[float]] = {}
+    predicted, true = [], []
     for batch in batches:
         batch = batch.to(device)
         out = model.forward_sequence(batch.tokens, segment_len)
         loss, right, n = task_loss(out.logits, batch)
         total, correct, count = total + float(loss) * n, correct + int(right), count + n
+        if batch.values is not None and task is not None:
+            predicted.append(task.predict_values(out.logits[batch.loss_mask]).double().cpu())
+            true.append(batch.values[batch.loss_mask].double().cpu())
         for k, v in memory_metrics(out.stats, batch).items():
             mem.setdefault(k, []).append(v)
     model.train(was_training)
     result = {"loss": total / count, "accuracy": correct / count, "bits_per_token": total / count / math.log(2)}
+    if predicted:
+        result.update(regression_metrics(torch.cat(predicted), torch.cat(true)))
     result.update({k: sum(v) / len(v) for k, v in mem.items() if v and all(math.isfinite(x) for x in v)})
     return result
+
+
+def regression_metrics(predicted: Tensor, true: Tensor) -> dict[str, float]:
+    """Mean absolute error and the coefficient of determination R^2 = 1 - SS_res / SS_tot."""
+    ss_tot = float(((true - true.mean()) ** 2).sum())
+    ss_res = float(((true - predicted) ** 2).sum())
+    return {"mae": float((predicted - true).abs().mean()), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
 
 
 @dataclass
@@ -154,7 +169,7 @@ class Trainer:
                 tokens, t_log = 0, now
                 self._progress(rec, last_eval)
             if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
-                last_eval = evaluate(model, test, seg, self.device)
+                last_eval = evaluate(model, test, seg, self.device, task)
                 logger.log({"step": step, "split": "test", "elapsed": time.time() - start, **last_eval})
                 key = "accuracy" if higher else "bits_per_token"
                 score = last_eval[key] if higher else -last_eval[key]
@@ -170,7 +185,9 @@ class Trainer:
         return self._finish(step, time.time() - start, last_eval)
 
     def _finish(self, step: int, wall: float, final: dict[str, float]) -> dict[str, Any]:
-        records = [r for r in run.read_metrics(self.run_dir) if r.get("split") == "train"]
+        logged = run.read_metrics(self.run_dir)
+        records = [r for r in logged if r.get("split") == "train"]
+        key = "accuracy" if self.task.chance is not None else "bits_per_token"
         speeds = [r["tokens_per_s"] for r in records[1:]] or [r["tokens_per_s"] for r in records]
         peak = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -178,7 +195,9 @@ class Trainer:
                    "params": params(self.model), "train_only_params": train_only_params(self.model),
                    "state_floats": self.model.state_size(seq_len=self.task.seq_len), "chance": self.task.chance,
                    "train_tokens_per_s": sum(speeds) / max(len(speeds), 1), "peak_mem_mb": peak,
-                   "test": final}
+                   "test": final,
+                   # the test metric at every evaluation, so plots need no metrics.jsonl
+                   "curve": [[r["step"], r[key]] for r in logged if r.get("split") == "test" and key in r]}
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results
 

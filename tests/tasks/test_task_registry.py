@@ -26,8 +26,6 @@ LM_TASKS = {"code-lm"}  # no single source span per scored position
 
 
 def small(name: str):
-    if name == "molecules":
-        pytest.importorskip("rdkit")
     return build_task(name, **SMALL[name])
 
 
@@ -93,8 +91,6 @@ def test_unknown_param_is_named(name):
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_negative_seed_is_rejected(name):
-    if name == "molecules":
-        pytest.importorskip("rdkit")
     with pytest.raises(ValueError, match="seed"):
         build_task(name, seed=-1)
 
