@@ -48,6 +48,8 @@ class AblateConfig:
     """Training seeds; each variant is trained once per seed."""
     workers: int = 1
     """Runs trained at once (separate processes); threads are split between them."""
+    threads: int = 0
+    """Threads per run (0 = the machine's cores split between the workers)."""
     name: str = ""
     """Folder under train.out_dir; empty = ablate-<task>-<timestamp>."""
 
@@ -161,7 +163,7 @@ def ablate(base: ExperimentConfig, ac: AblateConfig) -> tuple[Path, str]:
     planned = plan(base, ac, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")
     (out_dir / "ablate.json").write_text(json.dumps(asdict(ac), indent=1))
-    results = run_all([e for _, e in planned], ac.workers, out_dir)
+    results = run_all([e for _, e in planned], ac.workers, out_dir, ac.threads)
     for (variant, _), r in zip(planned, results, strict=True):
         r["label"] = variant
     return out_dir, write_report(out_dir, results, base)

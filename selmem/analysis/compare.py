@@ -44,6 +44,8 @@ class CompareConfig:
     """Resize txl/rmt/armt memory to carry about as many floats as selmem."""
     workers: int = 2
     """Runs trained at once (separate processes); threads are split between them."""
+    threads: int = 0
+    """Threads per run (0 = the machine's cores split between the workers)."""
     name: str = ""
     """Comparison folder under train.out_dir; empty = compare-<task>-<timestamp>."""
     slots: list[int] = field(default_factory=list)
@@ -112,7 +114,8 @@ def _train_one(exp_dict: dict[str, Any], threads: int) -> dict[str, Any]:
     exp = ExperimentConfig.from_dict(exp_dict)
     t0 = time.time()
     res = train(exp)
-    print(f"  {exp.train.name:<12}: test accuracy {res['test']['accuracy']:.3f} "
+    metric = "accuracy" if res["chance"] is not None else "bits_per_token"
+    print(f"  {exp.train.name:<12}: test {metric} {res['test'][metric]:.3f} "
           f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     return res
 
@@ -197,11 +200,11 @@ def write_report(out_dir: Path, results: list[dict[str, Any]], base: ExperimentC
     return table
 
 
-def run_all(exps: list[ExperimentConfig], workers: int, out_dir: Path) -> list[dict[str, Any]]:
-    """Train every experiment, ``workers`` at a time in separate processes (threads split between
-    them); results in the order of ``exps``."""
+def run_all(exps: list[ExperimentConfig], workers: int, out_dir: Path, threads: int = 0) -> list[dict[str, Any]]:
+    """Train every experiment, ``workers`` at a time in separate processes with ``threads`` each
+    (0 = the cores split between them); results in the order of ``exps``."""
     workers = max(1, min(workers, len(exps)))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     print(f"training {len(exps)} runs, {workers} at a time, {threads} thread(s) each -> {out_dir}",
           file=sys.stderr, flush=True)
     if workers == 1:
@@ -233,5 +236,5 @@ def compare(base: ExperimentConfig, cc: CompareConfig) -> tuple[Path, str]:
     exps = plan(base, cc, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")
     (out_dir / "compare.json").write_text(json.dumps(asdict(cc), indent=1))
-    results = run_all(exps, cc.workers, out_dir)
+    results = run_all(exps, cc.workers, out_dir, cc.threads)
     return out_dir, write_report(out_dir, results, base)
