@@ -22,6 +22,7 @@ commands:
   inspect   pictures of what the memory holds  selmem inspect runs/NAME
   compare   several models, same budget        selmem compare --config configs/recall.yaml
   ablate    selmem with each part switched off  selmem ablate --config configs/cpu/mqar.yaml
+  length    accuracy against evaluated length   selmem length runs/compare-NAME
   bench     speed and memory of every model    selmem bench --config configs/cpu.yaml
   report    comparisons -> docs/RESULTS.md      selmem report runs/compare-NAME
   tasks     list tasks and their parameters    selmem tasks
@@ -168,6 +169,15 @@ def cmd_ablate(args: list[str]) -> int:
     return 0
 
 
+def cmd_length(args: list[str]) -> int:
+    from selmem.analysis.length import LengthArgs, length
+
+    a = tyro.cli(LengthArgs, args=args, prog="selmem length")
+    out_dir, table = length(a.folder, a.length)
+    print(f"\n{table}\n\nwritten to {out_dir}/ (results.md, results.json, length.png)")
+    return 0
+
+
 def cmd_bench(args: list[str]) -> int:
     from selmem.analysis.bench import BenchArgs, BenchConfig, bench
     from selmem.experiment import ExperimentConfig
@@ -206,7 +216,8 @@ def cmd_tasks(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "ablate": cmd_ablate, "bench": cmd_bench,
+    "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "ablate": cmd_ablate, "length": cmd_length,
+    "bench": cmd_bench,
     "report": cmd_report, "tasks": cmd_tasks, "inspect": cmd_inspect,
 }
 

@@ -1,0 +1,173 @@
+"""``selmem length``: a comparison's checkpoints evaluated at longer inputs than they trained on.
+
+Every run of a ``selmem compare`` folder (or the chosen models') is evaluated on its task's test
+set with the input stretched to each number of segments: more noise segments between the pairs
+and the queries (mqar), a longer haystack (passkey), a longer row (selective-copy, induction).
+Segments are streamed one at a time with the state carried, so memory stays constant however long
+the input; only the scored positions' logits are kept.
+
+    selmem length runs/cmp-passkey --length.segments 4 8 16 32 64 128 256
+
+The folder gets results.json, results.md (accuracy per model and length, mean ± std over seeds)
+and length.png (accuracy against evaluated length).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import tyro
+
+from selmem.tasks.base import Task
+
+# task -> the task stretched to n segments of length seg
+STRETCH: dict[str, Callable[[Task, int, int], Task]] = {
+    "mqar": lambda t, n, seg: replace(t, num_segments=n),
+    "passkey": lambda t, n, seg: replace(t, length=n * seg),
+    "selective-copy": lambda t, n, seg: replace(t, seq_len=n * seg),
+    "induction": lambda t, n, seg: replace(t, seq_len=n * seg),
+}
+
+
+@dataclass
+class LengthConfig:
+    segments: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128, 256])
+    """Numbers of segments to evaluate at."""
+    models: list[str] = field(default_factory=lambda: ["selmem", "armt", "rmt", "txl"])
+    """Models of the comparison to evaluate (runs of other models are skipped)."""
+    batches: int = 4
+    """Test batches per length (of the run's batch size)."""
+    ckpt: str = "best"
+    """Which checkpoint of each run: best or last."""
+    name: str = ""
+    """Output folder (default: length-<comparison folder name> next to it)."""
+
+
+@dataclass
+class LengthArgs:
+    """Evaluate a comparison's checkpoints at many input lengths; write a table and a plot."""
+
+    folder: tyro.conf.Positional[str]
+    """A `selmem compare` folder (runs/NAME)."""
+    length: LengthConfig = field(default_factory=LengthConfig)
+
+
+@torch.no_grad()
+def stream_accuracy(model: torch.nn.Module, task: Task, segment_len: int, batches: int, batch_size: int) -> float:
+    """Answer accuracy on ``batches`` test batches, streaming segment by segment."""
+    right = count = 0
+    for i in range(batches):
+        batch = task.batch("test", i, batch_size)
+        state = None
+        for start in range(0, batch.tokens.shape[1], segment_len):
+            out = model(batch.tokens[:, start : start + segment_len], state)
+            state = out.state
+            mask = batch.loss_mask[:, start : start + segment_len]
+            if mask.any():
+                target = batch.targets[:, start : start + segment_len][mask]
+                right += int((out.logits[mask].argmax(-1) == target).sum())
+                count += int(mask.sum())
+    return right / count
+
+
+def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
+    from selmem.cli import load_run
+
+    runs = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file() and (p / "ckpt" / lc.ckpt).is_dir())
+    if not runs:
+        raise FileNotFoundError(f"{folder} has no run folders with a ckpt/{lc.ckpt} checkpoint")
+    out = []
+    for run_dir in runs:
+        exp, model, task = load_run(run_dir, lc.ckpt)
+        if exp.arch not in lc.models:
+            continue
+        if task.name not in STRETCH:
+            raise ValueError(f"task {task.name} has no length to stretch; length works on {sorted(STRETCH)}")
+        seg = exp.segment_len()
+        for n in lc.segments:
+            t0 = time.time()
+            acc = stream_accuracy(model, STRETCH[task.name](task, n, seg), seg, lc.batches, exp.train.batch_size)
+            label = re.sub(r"-s\d+$", "", run_dir.name)  # selmem-s0 -> selmem; select-all-s1 -> select-all
+            out.append({"task": task.name, "model": label, "seed": exp.train.seed, "segments": n, "accuracy": acc,
+                        "trained_segments": task.seq_len // seg, "chance": task.chance})
+            print(f"  {run_dir.name:<12} {n:>4} segments: accuracy {acc:.3f} ({time.time() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+    return out
+
+
+def summarise(points: list[dict[str, Any]]) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """model -> segments -> (mean, std, seeds) of the accuracy."""
+    table: dict[str, dict[int, tuple[float, float, int]]] = {}
+    for model in dict.fromkeys(p["model"] for p in points):
+        for n in sorted({p["segments"] for p in points if p["model"] == model}):
+            accs = [p["accuracy"] for p in points if p["model"] == model and p["segments"] == n]
+            table.setdefault(model, {})[n] = (statistics.mean(accs), statistics.pstdev(accs), len(accs))
+    return table
+
+
+def markdown_table(points: list[dict[str, Any]]) -> str:
+    table = summarise(points)
+    lengths = sorted({p["segments"] for p in points})
+    lines = ["| model | " + " | ".join(f"{n} seg" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for model, by_n in table.items():
+        cells = [f"{by_n[n][0]:.1%} ± {by_n[n][1]:.1%}" if n in by_n else "" for n in lengths]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    seeds = max(s for by_n in table.values() for _, _, s in by_n.values())
+    lines.append(f"\ntrained at {points[0]['trained_segments']} segments; chance = {points[0]['chance']:.1%}; "
+                 f"mean ± std over {seeds} seed(s).")
+    return "\n".join(lines)
+
+
+def plot(out_dir: Path, points: list[dict[str, Any]], task: str) -> Path:
+    from selmem.analysis.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, by_n in summarise(points).items():
+        ns = sorted(by_n)
+        ax.errorbar(ns, [by_n[n][0] for n in ns], yerr=[by_n[n][1] for n in ns], marker="o", ms=4,
+                    capsize=3, label=model)
+    ax.axvline(points[0]["trained_segments"], color="grey", ls="--", lw=1, label="trained length")
+    ax.axhline(points[0]["chance"], color="grey", ls=":", label="chance")
+    ax.set(xscale="log", xlabel="evaluated length (segments)", ylabel="test accuracy",
+           title=f"length generalisation on {task}")
+    ax.set_xticks(sorted({p["segments"] for p in points}), [str(n) for n in sorted({p["segments"] for p in points})])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "length.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def length(folder: str | Path, lc: LengthConfig) -> tuple[Path, str]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no comparison folder {folder}")
+    out_dir = Path(lc.name) if lc.name else folder.parent / f"length-{folder.name}"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists; pick another --length.name")
+    points = evaluate_lengths(folder, lc)
+    if not points:
+        raise ValueError(f"no run of {lc.models} in {folder}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = points[0]["task"]
+    table = markdown_table(points)
+    (out_dir / "results.json").write_text(json.dumps({"kind": "length", "task": task, "source": str(folder),
+                                                      "config": asdict(lc), "points": points}, indent=1))
+    (out_dir / "results.md").write_text(
+        f"# length generalisation on {task}\n\nCommand: `{' '.join(['selmem', *sys.argv[1:]])}`\n\n{table}\n")
+    try:
+        plot(out_dir, points, task)
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'selmem[plot]')", file=sys.stderr)
+    return out_dir, table

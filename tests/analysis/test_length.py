@@ -1,0 +1,63 @@
+"""selmem length: streamed evaluation equals evaluate() at the trained length, every stretched
+task has the asked number of segments, and the table has a cell per model and length."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from selmem.analysis.compare import CompareConfig, compare
+from selmem.analysis.length import STRETCH, LengthConfig, length, stream_accuracy
+from selmem.experiment import ExperimentConfig
+from selmem.model import SelectiveMemoryTransformer
+from selmem.tasks import build_task
+from selmem.train.loop import evaluate
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name, params", [
+    ("mqar", dict(num_segments=4, segment_len=16, num_pairs=2)),
+    ("passkey", dict(length=64)),
+    ("selective-copy", dict(seq_len=64)),
+    ("induction", dict(seq_len=64)),
+])
+@pytest.mark.parametrize("n", [4, 9, 32])
+def test_stretched_task_has_n_segments(name, params, n):
+    task = STRETCH[name](build_task(name, **params), n, 16)
+    task.validate()
+    assert task.seq_len == n * 16
+    assert task.batch("test", 0, 2).tokens.shape == (2, n * 16)
+
+
+def test_streamed_accuracy_equals_evaluate_at_the_trained_length():
+    exp = ExperimentConfig.from_yaml(SMOKE).resolved()
+    torch.manual_seed(0)
+    model = SelectiveMemoryTransformer(exp.model).eval()
+    task, seg = exp.task, exp.segment_len()
+    want = evaluate(model, task.test_set(3, 8), seg, torch.device("cpu"))["accuracy"]
+    assert stream_accuracy(model, task, seg, 3, 8) == pytest.approx(want)
+
+
+def test_length_writes_a_cell_per_model_and_length(tmp_path):
+    exp = ExperimentConfig.from_yaml(SMOKE)
+    exp = replace(exp, train=replace(exp.train, out_dir=str(tmp_path), steps=2, eval_every=2))
+    threads = torch.get_num_threads()
+    try:
+        folder, _ = compare(exp, CompareConfig(models=["selmem", "txl", "local"], workers=1, threads=1, name="c"))
+    finally:
+        torch.set_num_threads(threads)
+    out_dir, table = length(folder, LengthConfig(segments=[2, 5], models=["selmem", "txl"], batches=1))
+    saved = json.loads((out_dir / "results.json").read_text())
+    assert sorted((p["model"], p["segments"]) for p in saved["points"]) == [
+        ("selmem", 2), ("selmem", 5), ("txl", 2), ("txl", 5)]  # local was not asked for
+    assert all(0 <= p["accuracy"] <= 1 and p["trained_segments"] == 2 for p in saved["points"])
+    assert table.splitlines()[0] == "| model | 2 seg | 5 seg |"
+    assert (out_dir / "length.png").read_bytes()[:8] == PNG
+    with pytest.raises(FileExistsError):
+        length(folder, LengthConfig(segments=[2], batches=1))
