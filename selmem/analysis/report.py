@@ -1,8 +1,11 @@
-"""``selmem report``: gather comparison folders into one markdown page (docs/RESULTS.md).
+"""``selmem report``: gather result folders into one markdown page (docs/RESULTS.md).
 
-The page holds only what the folders hold: each section is a comparison's results.md (written by
-``selmem compare``, with the command that produced it) and its plots, copied next to the page.
-No number on the page is typed by hand.
+The page holds only what the folders hold. It opens with one table of every task (from the
+comparisons' results.json), then each folder's results.md (written by ``selmem compare``,
+``selmem ablate`` or ``selmem length``, with the command that produced it) and its plots, copied
+next to the page, and it ends with "What held and what did not": each claim of the design with the
+figure that decides it, computed from the ablation and length folders by ``verdicts``. No number
+on the page is typed by hand.
 """
 
 from __future__ import annotations
@@ -10,23 +13,135 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
+
+from selmem.analysis.compare import METRICS, fmt_metric, metric_keys
+from selmem.analysis.length import summarise as summarise_lengths
+
+PLOTS = ("curves.png", "state.png", "ablation.png", "length.png")
+MODELS = ("selmem", "full", "local", "txl", "rmt", "armt", "lstm")  # the overview's column order
+
+# claim -> the ablation variant whose removal tests it (see ``verdicts``)
+CLAIMS = {
+    "selection helps": "select: all",
+    "attention-addressed writes beat a ring buffer": "address: fifo",
+    "forgetting keeps the memory useful": "forgetting: off",
+    "the cross-layer cache transform helps": "cache_transform: none",
+    "reading the memory is what answers": "read: off",
+}
+
+
+def _load(folder: Path) -> dict[str, Any]:
+    path = folder / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def overview(folders: list[Path]) -> str:
+    """One row per comparison (task): each model's headline test metric, mean ± std over seeds."""
+    lines = []
+    for folder in folders:
+        data = _load(folder)
+        if data.get("kind", "compare") != "compare" or not data.get("rows"):
+            continue
+        rows = {r["model"]: r for r in data["rows"]}
+        key = metric_keys(data["rows"])[0]
+        cells = [fmt_metric(rows[m], key) if m in rows else "" for m in MODELS]
+        chance = data["rows"][0]["chance"]
+        seeds = max(r["seeds"] for r in data["rows"])
+        metric = METRICS[key].replace("test ", "")
+        metric += f" (chance {chance:.1%})" if chance is not None else " (lower is better)"
+        lines.append(f"| {folder.name} | {data['runs'][0]['task']} | {metric} | " + " | ".join(cells) + f" | {seeds} |")
+    if not lines:
+        return ""
+    head = "| comparison | task | metric | " + " | ".join(MODELS) + " | seeds |"
+    return "\n".join([head, "|---|---|---|" + "---|" * (len(MODELS) + 1), *lines])
+
+
+def _verdict(delta: float, se: float, seeds: int) -> str:
+    """How a difference (variant − selmem; negative = the part helps) decides its claim."""
+    if seeds < 2:
+        return "not decided (one seed)"
+    margin = max(2 * se, 0.01)
+    if delta < -margin:
+        return "held"
+    if delta > margin:
+        return "did not hold (better without it)"
+    return "did not hold (no difference beyond 2 standard errors)"
+
+
+def verdicts(folders: list[Path]) -> list[str]:
+    """One line per claim and task, with the figure that decides it."""
+    lines = []
+    ablations = [(f, _load(f)) for f in folders if _load(f).get("kind") == "ablate"]
+    for claim, variant in CLAIMS.items():
+        for folder, data in ablations:
+            rows = {r["model"]: r for r in data["rows"]}
+            if variant not in rows:
+                continue
+            r, key = rows[variant], metric_keys(data["rows"])[0]
+            ref = rows["selmem"]
+            fig = (f"{r['delta']:+.1%} ± {r['delta_se']:.1%}" if key == "accuracy"
+                   else f"{r['delta']:+.3f} ± {r['delta_se']:.3f} bits")
+            lines.append(f"- **{claim}** ({data['runs'][0]['task']}, `{folder.name}`): "
+                         f"{_verdict(r['delta'], r['delta_se'], min(r['seeds'], ref['seeds']))}. "
+                         f"Without it ({variant}): {fmt_metric(r, key)} against selmem's {fmt_metric(ref, key)}, "
+                         f"Δ {fig}.")
+    for folder, data in ablations:  # compression: the same answers from less state
+        rows = {r["model"]: r for r in data["rows"]}
+        if "compress: none" not in rows:
+            continue
+        r, ref, key = rows["compress: none"], rows["selmem"], metric_keys(data["rows"])[0]
+        seeds = min(r["seeds"], ref["seeds"])
+        margin = max(2 * r["delta_se"], 0.01)
+        held = "not decided (one seed)" if seeds < 2 else (
+            "held" if r["delta"] <= margin and r["state_floats"] > ref["state_floats"] else "did not hold")
+        lines.append(f"- **compression saves state** ({data['runs'][0]['task']}, `{folder.name}`): {held}. "
+                     f"selmem {fmt_metric(ref, key)} with {ref['state_floats']:,} floats; raw features "
+                     f"(compress: none) {fmt_metric(r, key)} with {r['state_floats']:,} floats.")
+    for folder in folders:
+        data = _load(folder)
+        if data.get("kind") != "length":
+            continue
+        table = summarise_lengths(data["points"])
+        longest = max(p["segments"] for p in data["points"])
+        trained = data["points"][0]["trained_segments"]
+        if "selmem" not in table or longest not in table["selmem"]:
+            continue
+        at = {m: by_n[longest][0] for m, by_n in table.items() if longest in by_n}
+        base = table["selmem"].get(trained, (float("nan"),))[0]
+        others = {m: a for m, a in at.items() if m != "selmem"}
+        best = max(others.items(), key=lambda kv: kv[1]) if others else None
+        kept = at["selmem"] >= base - 0.05
+        ahead = best is None or at["selmem"] > best[1] + 0.05
+        seeds = table["selmem"][longest][2]
+        held = "not decided (one seed)" if seeds < 2 else ("held" if kept and ahead else "did not hold")
+        rival = f"; best other model {best[0]} {best[1]:.1%}" if best else ""
+        lines.append(f"- **the memory generalises to longer inputs** ({data['task']}, `{folder.name}`): {held}. "
+                     f"Trained at {trained} segments, selmem {base:.1%} there and {at['selmem']:.1%} at "
+                     f"{longest}{rival}.")
+    return lines
 
 
 def report(folders: list[str | Path], out: str | Path, title: str = "Results") -> Path:
-    """Write ``out`` (markdown) from comparison ``folders``; plots go to ``<out dir>/img/``."""
+    """Write ``out`` (markdown) from result ``folders``; plots go to ``<out dir>/img/``."""
     out = Path(out)
+    folders = [Path(f) for f in folders]
     img = out.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}\n",
              "Generated by `selmem report " + " ".join(str(f) for f in folders) + f" --out {out}"
              + ("" if title == "Results" else f" --title '{title}'") + "` "
-             "from comparison folders written by `selmem compare`; every table below is that "
-             "folder's results.md, verbatim.\n"]
-    for folder in map(Path, folders):
-        results = folder / "results.md"
-        if not results.is_file():
+             "from result folders written by `selmem compare`, `selmem ablate` and `selmem length`; "
+             "every table below is that folder's results.md, verbatim, and the overview and the "
+             "verdicts at the end are computed from their results.json.\n"]
+    for folder in folders:
+        if not (folder / "results.md").is_file():
             raise FileNotFoundError(f"{folder} has no results.md: is it a `selmem compare` folder?")
-        text = results.read_text().strip()
+    table = overview(folders)
+    if table:
+        parts.append(f"## Every task\n\n{table}\n")
+    for folder in folders:
+        text = (folder / "results.md").read_text().strip()
         body = text.split("\n", 1)[1] if text.startswith("#") else text
         parts.append(f"## {folder.name}\n\n{body.strip()}\n")
         env = next(folder.glob("*/env.json"), None)
@@ -34,10 +149,15 @@ def report(folders: list[str | Path], out: str | Path, title: str = "Results") -
             e = json.loads(env.read_text())
             parts.append(f"Machine: {e.get('platform')}, {e.get('cpu_count')} CPUs, torch {e.get('torch')}, "
                          f"device {e.get('device')}, git {e.get('git', '')[:10]}.\n")
-        for png in ("curves.png", "state.png"):
+        for png in PLOTS:
             if (folder / png).is_file():
                 dest = img / f"{folder.name}-{png}"
                 shutil.copyfile(folder / png, dest)
                 parts.append(f"![{png}](img/{dest.name})\n")
+    claims = verdicts(folders)
+    if claims:
+        parts.append("## What held and what did not\n\nA claim holds where removing the part costs more "
+                     "than two standard errors of the difference over seeds (and at least one point); "
+                     "computed by `selmem.analysis.report.verdicts`.\n\n" + "\n".join(claims) + "\n")
     out.write_text("\n".join(parts))
     return out
