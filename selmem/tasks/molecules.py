@@ -29,7 +29,8 @@ is 18 bytes, so it is dropped; a molecule ``CCO`` whose property fell in bin 0 w
     relevant           ^   ^   ^      source at 12: [9, 12)
 
 - train: molecules drawn uniformly with replacement from the rng;
-- test: batch ``i`` holds test molecules ``i*B .. i*B+B-1`` modulo their number (in file order).
+- test: batch ``i`` holds test molecules ``i*B .. i*B+B-1`` modulo their number (in file order);
+  ``test_set`` takes each test molecule once, the last batch shorter.
 
 Chance accuracy is ``1/num_bins`` (quantile bins are about balanced). Batches also carry the
 property itself (``Batch.values`` at ANSWER), and ``predict_values`` reads a number off the logits
@@ -167,13 +168,24 @@ class MoleculesTask(Task):
         """Batch ``index`` of ``split``: a pure function of the parameters, split and index."""
         self.validate()
         check_batch_args(index, batch_size)
-        smiles, labels = self.split_data(split)
-        props = _split_values(self.target, self.max_len, split)
+        smiles, _ = self.split_data(split)
         if split == "train":
             picks = self.rng(split, index).integers(0, len(smiles), size=batch_size)
         else:
             picks = (index * batch_size + np.arange(batch_size)) % len(smiles)
-        B, N = batch_size, self.seq_len
+        return self._rows(split, picks)
+
+    def test_set(self, n_batches: int, batch_size: int) -> list[Batch]:
+        """Test molecules in file order, each at most once: up to ``n_batches`` batches, the last
+        one shorter where the split runs out (so MAE and R^2 weigh every molecule alike)."""
+        n = len(self.split_data("test")[0])
+        starts = range(0, n, batch_size)[:n_batches]
+        return [self._rows("test", np.arange(s, min(s + batch_size, n))) for s in starts]
+
+    def _rows(self, split: str, picks: np.ndarray) -> Batch:
+        smiles, labels = self.split_data(split)
+        props = _split_values(self.target, self.max_len, split)
+        B, N = len(picks), self.seq_len
         tokens = np.full((B, N), PAD, dtype=np.int64)
         targets = np.zeros((B, N), dtype=np.int64)
         relevant = np.zeros((B, N), dtype=bool)

@@ -97,3 +97,14 @@ def test_evaluate_reports_mae_and_r2():
     res = evaluate(model, task.test_set(2, 8), 33, torch.device("cpu"), task)
     assert res["mae"] > 0 and res["r2"] < 1 and np.isfinite(res["r2"])
     assert "mae" not in evaluate(model, task.test_set(1, 8), 33, torch.device("cpu"))  # no task: no regression
+
+
+def test_test_set_takes_every_test_molecule_once():
+    task = MoleculesTask(target="tpsa", num_bins=4, max_len=64)
+    smiles, labels = task.split_data("test")
+    batches = task.test_set(100, 32)
+    assert [len(b) for b in batches] == [32] * (len(smiles) // 32) + [len(smiles) % 32]
+    assert [int(b.targets[i, -1]) - LABEL0 for b in batches for i in range(len(b))] == labels.tolist()
+    assert len(task.test_set(2, 32)) == 2
+    first = task.batch("test", 1, 32)
+    assert (task.test_set(2, 32)[1].tokens == first.tokens).all()  # the same rows as batch()
