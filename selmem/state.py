@@ -50,6 +50,15 @@ class MemoryState:
         L, _, M, d_mem = self.slots.shape
         return L * M * (d_mem + 2)
 
+    def finite(self) -> Tensor:
+        """0-dim bool tensor: slots, usage and age hold no NaN/inf (no device sync until read)."""
+        return torch.stack([torch.isfinite(t).all() for t in (self.slots, self.usage, self.age)]).all()
+
+    def nonfinite_layers(self) -> list[int]:
+        """Layers whose slots, usage or age hold NaN or inf."""
+        bad = [~torch.isfinite(t).flatten(1).all(1) for t in (self.slots, self.usage, self.age)]  # (L,) each
+        return [int(l) for l in torch.nonzero(bad[0] | bad[1] | bad[2]).flatten()]
+
     def detach(self) -> MemoryState:
         """The truncated-BPTT boundary: same values, no graph to earlier segments."""
         return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)})

@@ -77,7 +77,9 @@ def make_run_dir(out_dir: str, name: str, default_name: str, resume: bool) -> Pa
     """Create (or, when resuming, find) the run folder; never overwrite another run's record."""
     run = Path(out_dir) / (name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if resume:
-        if not (run / "ckpt" / "last").exists():
+        from selmem.train.checkpoint import resumable
+
+        if not resumable(run / "ckpt" / "last"):
             raise FileNotFoundError(f"cannot resume: no checkpoint at {run / 'ckpt' / 'last'}")
         return run
     if run.exists() and any(run.iterdir()):
