@@ -7,6 +7,7 @@ Load from YAML with ``SelmemConfig.from_yaml(path)`` (unknown keys are an error)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -184,8 +185,13 @@ class SelmemConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # slow (it evaluates every annotation): once per class
+
+
 def _hint(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return _hints(cls)[name]
 
 
 def check_field_types(obj: Any, prefix: str = "") -> None:

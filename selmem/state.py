@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 
@@ -77,7 +77,9 @@ class MemoryState:
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> MemoryState:
         """Read a state written by ``save``; raises ValueError naming a missing tensor."""
-        tensors = load_file(str(path), device=str(device))
+        from selmem.files import read_tensors
+
+        tensors = read_tensors(path, device)
         missing = [f.name for f in fields(cls) if f.name not in tensors]
         if missing:
             raise ValueError(f"{path} is not a MemoryState file: missing {missing}")

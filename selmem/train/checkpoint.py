@@ -56,7 +56,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               str(tmp / "model.safetensors"))
     fsync(tmp / "model.safetensors")
-    _reached("wrote model.safetensors")
+    _reached(f"{path.name}: wrote model.safetensors")
     tensors: dict[str, torch.Tensor] = {}
     info: dict[str, Any] = {"meta": meta or {}}
     if optimizer is not None:
@@ -72,24 +72,43 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if tensors:
         save_file(tensors, str(tmp / "train.safetensors"))
         fsync(tmp / "train.safetensors")
-        _reached("wrote train.safetensors")
+        _reached(f"{path.name}: wrote train.safetensors")
     info["sha256"] = {name: sha256(tmp / name) for name in TENSOR_FILES if (tmp / name).exists()}
     _write_json(tmp / "train.json", info)
     fsync(tmp)
-    _reached("wrote train.json")
+    _reached(f"{path.name}: wrote train.json")
     if path.exists():
         if old.exists():
             shutil.rmtree(old)  # left by a crash after the last write was complete: path is newer
-            _reached(f"removed stale {old.name}")
+            _reached(f"{path.name}: removed stale {old.name}")
         os.replace(path, old)
-        _reached(f"moved {path.name} to {old.name}")
+        _reached(f"{path.name}: moved {path.name} to {old.name}")
     os.replace(tmp, path)
     fsync(path.parent)
-    _reached(f"moved {tmp.name} to {path.name}")
+    _reached(f"{path.name}: moved {tmp.name} to {path.name}")
     if old.exists():
         shutil.rmtree(old)
-        _reached(f"removed {old.name}")
+        _reached(f"{path.name}: removed {old.name}")
     return path
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def resume_meta(path: str | Path) -> dict[str, Any]:
+    """The training position in a ``ckpt/last`` folder (step, best, elapsed, skipped), checked:
+    CheckpointError naming train.json when a field is missing or of the wrong kind."""
+    meta = check_checkpoint(path)["meta"]
+    where = Path(path) / "train.json"
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{where}: meta.step must be a step count, got {step!r}")
+    for key, ok in [("best", lambda v: v is None or _number(v)), ("elapsed", lambda v: _number(v) and v >= 0),
+                    ("skipped", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)]:
+        if key in meta and not ok(meta[key]):
+            raise CheckpointError(f"{where}: meta.{key} is {meta[key]!r}")
+    return meta
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -215,15 +234,39 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         _load_optimizer(path, optimizer, info["param_groups"], tensors)
     if scheduler is not None and "scheduler" in info:
         sd = scheduler.state_dict()
-        if not isinstance(info["scheduler"], dict) or set(info["scheduler"]) - set(sd):
-            raise CheckpointError(f"{path / 'train.json'}: 'scheduler' does not fit the schedule")
-        sd.update(info["scheduler"])
+        saved = info["scheduler"]
+        if not isinstance(saved, dict) or not all(k in sd and _same_kind(v, sd[k]) for k, v in saved.items()):
+            raise CheckpointError(f"{path / 'train.json'}: 'scheduler' is missing fields or has mistyped ones")
+        sd.update(saved)
         try:
             scheduler.load_state_dict(sd)
         except Exception as e:
             raise CheckpointError(f"{path / 'train.json'}: 'scheduler' does not fit the schedule ({e})") from None
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    for name, v in rng.items():
+        want = torch.get_rng_state() if name == "torch" else None
+        if want is not None and (v.dtype != want.dtype or v.shape != want.shape):
+            raise CheckpointError(f"{train_file}: rng.{name} is {v.dtype} of shape {tuple(v.shape)}, "
+                                  f"expected {want.dtype} of shape {tuple(want.shape)}")
     return info["meta"], rng
+
+
+def _same_kind(saved: Any, own: Any) -> bool:
+    """Whether a JSON value read back has the kind of the value it replaces (numbers for numbers,
+    bool for bool, lists of the same length for tuples and lists, the same keys for dicts), so that
+    a damaged train.json fails here, not in a later optimiser step."""
+    if isinstance(own, bool) or own is None or isinstance(own, str):
+        return type(saved) is type(own)
+    if isinstance(own, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and (
+            isinstance(own, float) or isinstance(saved, int))
+    if isinstance(own, (list, tuple)):
+        return (isinstance(saved, list) and len(saved) == len(own)
+                and all(_same_kind(a, b) for a, b in zip(saved, own, strict=True)))
+    if isinstance(own, dict):
+        return (isinstance(saved, dict) and set(saved) == set(own)
+                and all(_same_kind(saved[k], own[k]) for k in own))
+    return True  # a tensor or an object the state dict holds as is: torch checks it
 
 
 def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, groups: Any,
@@ -237,6 +280,11 @@ def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, groups: Any,
                        and all(isinstance(i, int) for i in g["params"])
                        and len(g["params"]) == len(o["params"]) for g, o in zip(groups, own, strict=True))):
         raise CheckpointError(f"{where}: 'param_groups' does not fit this model's optimizer")
+    for g, o in zip(groups, own, strict=True):
+        # keys of only one side are left to torch (a newer torch may add options with defaults)
+        bad = sorted(k for k in set(g) & set(o) if k != "params" and not _same_kind(g[k], o[k]))
+        if bad:
+            raise CheckpointError(f"{where}: 'param_groups' has mistyped {bad[:5]}")
     shapes = {}
     for g, o in zip(groups, own, strict=True):
         for idx, p in zip(g["params"], o["params"], strict=True):
@@ -244,12 +292,13 @@ def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, groups: Any,
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            if not idx.isdigit() or int(idx) not in shapes:
+            _, idx, name = (key.split(".", 2) + ["", ""])[:3]
+            if not idx.isdigit() or int(idx) not in shapes or not name:
                 raise CheckpointError(f"{path / 'train.safetensors'}: {key} names no parameter")
-            if v.dim() and tuple(v.shape) != shapes[int(idx)]:
-                raise CheckpointError(f"{path / 'train.safetensors'}: {key} has shape {tuple(v.shape)}, "
-                                      f"the parameter {shapes[int(idx)]}")
+            want = () if name == "step" else shapes[int(idx)]  # AdamW: a step count, then moments
+            if tuple(v.shape) != want or not v.is_floating_point():
+                raise CheckpointError(f"{path / 'train.safetensors'}: {key} is {v.dtype} of shape "
+                                      f"{tuple(v.shape)}, expected a float tensor of shape {want}")
             state.setdefault(int(idx), {})[name] = v
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -210,6 +210,8 @@ class Trainer:
             if out_of_time:
                 break
         progress.close()
+        if not last_eval:  # resumed a run killed after its last checkpoint, before results.json
+            last_eval = evaluate(model, test, seg, self.device)
         return self._finish(step, time.time() - start, last_eval)
 
     def _step(self, step: int, batch: Batch, seg: int, opt: torch.optim.Optimizer,
@@ -264,10 +266,9 @@ def _check_resumable(run_dir: Path, exp: ExperimentConfig) -> None:
         raise ValueError(f"cannot resume {run_dir} with another model or task ({', '.join(changed[:5])}); "
                          f"start from its own config: --config {run_dir / 'config.yaml'}")
     last = checkpoint.recover(run_dir / "ckpt" / "last", log=lambda msg: print(msg, file=sys.stderr))
-    step = checkpoint.check_checkpoint(last)["meta"].get("step")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise checkpoint.CheckpointError(f"{last / 'train.json'}: meta.step must be a step count, got {step!r}")
-    if step >= exp.train.steps:
+    step = checkpoint.resume_meta(last)["step"]
+    # step == steps without results.json: killed after the last checkpoint, resume only finishes it
+    if step > exp.train.steps or (step == exp.train.steps and (run_dir / "results.json").exists()):
         raise ValueError(f"{run_dir} already finished {step} of train.steps={exp.train.steps}; "
                          "raise train.steps to train it further")
 
