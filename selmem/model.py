@@ -22,7 +22,7 @@ from selmem.memory.compress import Compress
 from selmem.memory.read import Read
 from selmem.memory.select import Select, budget
 from selmem.memory.update import update
-from selmem.state import MemoryState
+from selmem.state import MemoryState, NonFiniteState
 
 
 @dataclass
@@ -229,7 +229,7 @@ class SelectiveMemoryTransformer(nn.Module):
         if state.slots.dtype != self.init_slots.dtype:
             raise ValueError(f"state has dtype {state.slots.dtype} but the model runs in {self.init_slots.dtype}")
         if cfg.check_finite and not bool(state.finite()):  # one reduction and one sync per call
-            raise ValueError(f"state holds NaN/inf in layer(s) {state.nonfinite_layers()} (slots, usage or "
+            raise NonFiniteState(f"state holds NaN/inf in layer(s) {state.nonfinite_layers()} (slots, usage or "
                              "age); it would make the logits and the next state non-finite")
         return state
 

@@ -17,6 +17,10 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 
+class NonFiniteState(ValueError):
+    """A state given to forward() holds NaN or inf (it would make every output non-finite)."""
+
+
 @dataclass
 class MemoryState:
     """Per-layer memory banks of a batch of streams.

@@ -25,7 +25,7 @@ from selmem.baselines import params, train_only_params
 from selmem.experiment import ExperimentConfig, build
 from selmem.metrics import memory_metrics
 from selmem.model import SelectiveMemoryTransformer
-from selmem.state import MemoryState
+from selmem.state import MemoryState, NonFiniteState
 from selmem.tasks.base import Batch, Task
 from selmem.train import checkpoint, run
 from selmem.train.optim import build_optimizer, build_scheduler
@@ -64,8 +64,9 @@ def credit_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
 
 
 def _layer(name: str) -> str:
-    """'layer 1' for a parameter such as blocks.1.attn.qkv.weight, else the part it belongs to."""
-    match = re.search(r"(?:blocks|layers|layer)\.(\d+)\.", name)
+    """'layer 1' for a parameter of a per-layer part (blocks.1.attn.qkv.weight, select.1.score...),
+    else the shared part it belongs to (embed, cache_transform, ...)."""
+    match = re.match(r"[A-Za-z_]+\.(\d+)\.", name)
     return f"layer {match.group(1)}" if match else f"outside the layers: {name.split('.')[0]}"
 
 
@@ -84,9 +85,14 @@ def nonfinite_forward(model: nn.Module, step: int, loss: Tensor, out: Any) -> st
     if layers:
         where = f"the state of layer {layers[0]} holds NaN/inf" + (f" (also layers {layers[1:]})" if layers[1:] else "")
     else:
-        params = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-        where = f"parameter {params[0]} ({_layer(params[0])}) is non-finite" if params else "no state or weight is"
+        where = nonfinite_weight(model)
     return f"non-finite forward at step {step}: {', '.join(bad) or 'the losses are finite'}; {where}"
+
+
+def nonfinite_weight(model: nn.Module) -> str:
+    """Which parameter (and layer) holds NaN/inf first, for a fault message."""
+    params = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    return f"parameter {params[0]} ({_layer(params[0])}) is non-finite" if params else "every weight is finite"
 
 
 def nonfinite_gradient(model: nn.Module, step: int, norm: Tensor | None) -> str | None:
@@ -189,8 +195,9 @@ class Trainer:
                 rec = {"step": step, "split": "train", "loss": float(loss.detach()), "accuracy": int(right) / n,
                        "lr": sched.get_last_lr()[0], "tokens_per_s": tokens / max(now - t_log, 1e-9),
                        "elapsed": now - start,
-                       **{f"aux/{k}": float(v.detach()) for k, v in out.losses.items()},
-                       **memory_metrics(out.stats, batch), **({"skipped": skipped} if skipped else {})}
+                       **({f"aux/{k}": float(v.detach()) for k, v in out.losses.items()} if out else {}),
+                       **(memory_metrics(out.stats, batch) if out else {}),
+                       **({"skipped": skipped} if skipped else {})}
                 logger.log(rec)
                 tokens, t_log = 0, now
                 progress.update(step, rec, last_eval)
@@ -215,21 +222,25 @@ class Trainer:
         return self._finish(step, time.time() - start, last_eval)
 
     def _step(self, step: int, batch: Batch, seg: int, opt: torch.optim.Optimizer,
-              sched: Any) -> tuple[Tensor, Tensor, int, Any, str | None]:
+              sched: Any) -> tuple[Tensor, Tensor | int, int, Any, str | None]:
         """One optimiser step on ``batch``: (task loss, correct, scored, output, fault). A NaN or inf
         in the loss, the state or a gradient raises FloatingPointError naming the step and the
         layer, before any weight changes; with train.nonfinite='skip' the step is skipped instead
         (the schedule still advances: batch i stays step i) and ``fault`` says why."""
         model, tc = self.model, self.exp.train
-        out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch))
-        loss, right, n = task_loss(out.logits, batch)
-        total = loss + out.losses["aux"]
-        fault = nonfinite_forward(model, step + 1, loss, out)
-        if fault is None:
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else None
-            fault = nonfinite_gradient(model, step + 1, norm)
+        out, loss, right, n = None, torch.tensor(float("nan")), 0, 1
+        try:
+            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch))
+        except NonFiniteState as e:  # a segment made a state that the next one refuses
+            fault: str | None = f"non-finite forward at step {step + 1}: {e}; {nonfinite_weight(model)}"
+        else:
+            loss, right, n = task_loss(out.logits, batch)
+            fault = nonfinite_forward(model, step + 1, loss, out)
+            if fault is None:
+                opt.zero_grad(set_to_none=True)
+                (loss + out.losses["aux"]).backward()
+                norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else None
+                fault = nonfinite_gradient(model, step + 1, norm)
         if fault is not None and tc.nonfinite == "stop":
             raise FloatingPointError(f"{fault}. The last good checkpoint is intact in {self.run_dir / 'ckpt'}; "
                                      "lower train.lr, raise train.grad_clip, or set train.nonfinite=skip")
