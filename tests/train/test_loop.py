@@ -114,7 +114,7 @@ class Interrupted(Exception):
     """Stands in for a crash or Ctrl-C in the middle of a run."""
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
+def test_resume_continues_exactly(tmp_path, monkeypatch, capsys):
     full = train(smoke(tmp_path, name="full", steps=6, eval_every=2))
 
     batch = MQARTask.batch
@@ -132,7 +132,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert json.loads((cut / "ckpt" / "last" / "train.json").read_text())["meta"]["step"] == 2
     assert metrics(cut)[-1]["step"] == 3  # logged past the checkpoint, then lost
 
+    capsys.readouterr()
     resumed = train(smoke(tmp_path, name="cut", steps=6, eval_every=2, resume=True))
+    assert f"resuming {cut} from step 2 of 6" in capsys.readouterr().err
     assert resumed["steps"] == 6
     for tag, file in [
         ("last", "model.safetensors"),
