@@ -194,10 +194,7 @@ class Trainer:
                 now = time.time()
                 rec = {"step": step, "split": "train", "loss": float(loss.detach()), "accuracy": int(right) / n,
                        "lr": sched.get_last_lr()[0], "tokens_per_s": tokens / max(now - t_log, 1e-9),
-                       "elapsed": now - start,
-                       **({f"aux/{k}": float(v.detach()) for k, v in out.losses.items()} if out else {}),
-                       **(memory_metrics(out.stats, batch) if out else {}),
-                       **({"skipped": skipped} if skipped else {})}
+                       "elapsed": now - start, **_extras(out, batch, skipped)}
                 logger.log(rec)
                 tokens, t_log = 0, now
                 progress.update(step, rec, last_eval)
@@ -210,6 +207,7 @@ class Trainer:
                     best = score
                     checkpoint.save_checkpoint(self.run_dir / "ckpt" / "best", model,
                                                meta={"step": step, key: last_eval[key]})
+                progress.evaluated(step, last_eval)
             if evaluate_now or (tc.ckpt_every and step % tc.ckpt_every == 0):
                 checkpoint.save_checkpoint(self.run_dir / "ckpt" / "last", model, opt, sched, rng_state(),
                                            meta={"step": step, "best": best, "elapsed": time.time() - start,
@@ -262,6 +260,14 @@ class Trainer:
                    "test": final}
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results
+
+
+def _extras(out: Any, batch: Batch, skipped: int) -> dict[str, float]:
+    """A train record's aux losses and memory diagnostics (none for a step skipped in forward)."""
+    if out is None:
+        return {"skipped": skipped}
+    return {**{f"aux/{k}": float(v.detach()) for k, v in out.losses.items()}, **memory_metrics(out.stats, batch),
+            **({"skipped": skipped} if skipped else {})}
 
 
 def _check_resumable(run_dir: Path, exp: ExperimentConfig) -> None:

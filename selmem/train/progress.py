@@ -60,6 +60,12 @@ class Progress:
                   file=self.file, flush=True)
         self.step = step
 
+    def evaluated(self, step: int, last_eval: dict[str, float]) -> None:
+        """One line per evaluation, kept above the bar (with progress on)."""
+        if self.enabled:
+            self.note(f"[test] step {step}/{self.total}  loss {last_eval['loss']:.4f}  "
+                      f"{_test_metric(last_eval, self.higher)}")
+
     def note(self, msg: str) -> None:
         """A line of its own (run folder, resume point), above the bar on a terminal; shown even
         with progress off, since resuming a run needs its folder."""
