@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 #: examples per generated kind of bad file; RELIABILITY.md reports them (tests/reliability.py)
 EXAMPLES = 40
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 json_values = st.recursive(
@@ -325,6 +325,6 @@ def test_resume_with_a_damaged_last_and_nothing_older_names_the_file(finished_ru
                          "--train.steps", "4", "--train.resume"])
     assert code == 2
     one_line_naming(err, run / "ckpt" / "last" / file)
-    assert "no usable checkpoint" in err and "last.old: missing" in err
+    assert "no usable checkpoint" in err and "last.old: missing" in err and "selmem eval" in err
 
 

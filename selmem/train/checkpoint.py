@@ -181,7 +181,10 @@ def recover(path: str | Path, log: Any = None) -> Path:
                 log(f"{problems[0]}; resuming from the previous checkpoint {old.name} instead"
                     + (f" (the damaged one is kept in {bad})" if bad.exists() else ""))
         return path
-    raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
+    best = path.with_name("best")
+    hint = (f"; {best} holds the best weights but no optimizer state: `selmem eval {best}` evaluates it"
+            if best.is_dir() and path.name != "best" else "")
+    raise CheckpointError("no usable checkpoint: " + "; ".join(problems) + hint)
 
 
 def resumable(path: str | Path) -> bool:
