@@ -7,6 +7,7 @@ after a command lists the fields with their docstrings.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -77,23 +78,28 @@ class EvalArgs:
     """Evaluate a run's checkpoint on its task's fixed test set."""
 
     run: tyro.conf.Positional[str]
-    """Run folder (runs/NAME)."""
-    ckpt: str = "best"
-    """Which checkpoint: best or last."""
+    """Run folder (runs/NAME) or a checkpoint folder inside one (runs/NAME/ckpt/best)."""
+    ckpt: str = ""
+    """Which checkpoint: best or last (default: the one named by the path, else best)."""
     batches: int = 0
     """Test batches (0 = the run's train.eval_batches)."""
     task_set: list[str] = field(default_factory=list)
     """Task overrides as key=value, e.g. length=2048 to test length generalisation."""
 
 
-def load_run(run: str | Path, ckpt: str = "best", task_set: list[str] | None = None):
-    """(experiment, model with the checkpoint's weights, task) of a run folder."""
+def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None):
+    """(experiment, model with the checkpoint's weights, task) of a run folder or of a checkpoint
+    folder inside one (runs/NAME/ckpt/TAG); ``ckpt`` picks another tag (default: best)."""
     from selmem.experiment import ExperimentConfig, build
     from selmem.train.checkpoint import load_model_weights
 
     run = Path(run)
     if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run} is not a run folder: no config.yaml")
+        if run.parent.name != "ckpt" or not (run.parent.parent / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run} is not a run folder: no config.yaml (pass runs/NAME or "
+                                    "runs/NAME/ckpt/TAG)")
+        run, ckpt = run.parent.parent, ckpt or run.name
+    ckpt = ckpt or "best"
     exp = ExperimentConfig.from_yaml(run / "config.yaml")
     if task_set:
         updates = {}
@@ -222,7 +228,13 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+#: errors that are the user's to fix: printed as one line, exit code 2
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; every error is one line on stderr (exit 2), the traceback only with
+    SELMEM_TRACEBACK=1, so a user sees what to fix rather than where in the code it failed."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -233,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[cmd](rest)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"selmem {cmd}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"selmem {cmd}: interrupted; a training run continues from its last checkpoint with "
+              "--train.resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("SELMEM_TRACEBACK"):
+            raise
+        kind = "" if isinstance(e, USER_ERRORS) else f"internal error ({type(e).__name__}, "\
+            "SELMEM_TRACEBACK=1 shows where): "
+        print(f"selmem {cmd}: error: {kind}{' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ Load from YAML with ``SelmemConfig.from_yaml(path)`` (unknown keys are an error)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,6 +24,7 @@ CacheTransform = Literal["transformer", "none"]
 Sparsity = Literal["target", "l1", "budget"]
 Credit = Literal["none", "read", "probe"]
 AddressWeights = Literal["softmax", "sparsemax", "top1"]
+NonFinite = Literal["stop", "skip"]
 
 C = TypeVar("C")
 
@@ -92,6 +94,9 @@ class SelmemConfig:
     """Depth of the cache-transform Transformer."""
     meta_cache: bool = False
     """Add a pooled meta-cache token to the cache transform; its output is one more hint per layer."""
+    check_finite: bool = True
+    """forward() checks a given state for NaN/inf (one reduction over the state per call, a
+    device sync on GPU): a corrupted state is then an error instead of NaN logits and state."""
     bptt_segments: int = 0
     """Truncated BPTT: detach the state every K segments in forward_sequence; 0 = never (all segments)."""
 
@@ -180,8 +185,13 @@ class SelmemConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # slow (it evaluates every annotation): once per class
+
+
 def _hint(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return _hints(cls)[name]
 
 
 def check_field_types(obj: Any, prefix: str = "") -> None:
@@ -194,8 +204,16 @@ def check_field_types(obj: Any, prefix: str = "") -> None:
         allowed = (int, float) if hint is float else (hint,)
         if not isinstance(value, allowed) or (isinstance(value, bool) and hint is not bool):
             tip = ("; YAML reads 1e-3 as text: write 1.0e-3" if isinstance(value, str)
-                   and hint in (int, float) else "")
+                   and hint in (int, float) and _looks_numeric(value) else "")
             raise ValueError(f"{prefix}{f.name} must be {hint.__name__}, got {value!r}{tip}")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_literal(name: str, value: Any, hint: Any) -> None:
@@ -208,7 +226,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML ({problem}{where})") from None
+    if data is None:
+        raise ValueError(f"{path}: empty config file (leave out --config to use the defaults)")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
     return data
@@ -216,8 +244,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys by name, then validate()."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} must be a mapping of fields, got {type(data).__name__} {data!r:.40}")
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(str, set(data) - known))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; known keys: {sorted(known)}")
     obj = cls(**data)
@@ -265,17 +295,22 @@ class TrainConfig:
     log_every: int = 25
     """Write a metrics line (and refresh the progress bar) every this many steps."""
     progress: bool = True
-    """Show a progress line on stderr."""
+    """Show progress on stderr: a bar on a terminal, else a line every log_every steps."""
+    ckpt_every: int = 0
+    """Also write ckpt/last every this many steps (0 = only at evaluations)."""
+    nonfinite: NonFinite = "stop"
+    """A NaN/inf loss, state or gradient: 'stop' the run with the step and layer, or 'skip' the step."""
 
     def validate(self) -> TrainConfig:
         check_field_types(self, "train.")
+        _check_literal("train.nonfinite", self.nonfinite, _hint(type(self), "nonfinite"))
         for name in ["steps", "batch_size", "eval_every", "eval_batches", "log_every"]:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ["lr"]:
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        for name in ["weight_decay", "warmup", "grad_clip", "segment_len", "time_budget_s", "threads"]:
+        for name in ["weight_decay", "warmup", "grad_clip", "segment_len", "time_budget_s", "threads", "ckpt_every"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -77,9 +77,13 @@ class ExperimentConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown experiment key(s) {unknown}; known keys: {sorted(known)}")
+        for part in ("model", "task", "train"):
+            if data.get(part) is not None and not isinstance(data[part], dict):
+                raise ValueError(f"{part} must be a mapping of fields (e.g. {part}: {{...}} or indented "
+                                 f"lines below it), got {type(data[part]).__name__} {data[part]!r:.40}")
         task = dict(data.get("task") or {"name": "mqar"})
         name = task.pop("name", None)
-        if name not in TASKS:
+        if not isinstance(name, str) or name not in TASKS:
             raise ValueError(f"task.name must be one of {sorted(TASKS)}, got {name!r}")
         exp = cls(arch=data.get("arch", "selmem"),
                   model=from_dict(SelmemConfig, data.get("model") or {}),

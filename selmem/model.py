@@ -22,7 +22,7 @@ from selmem.memory.compress import Compress
 from selmem.memory.read import Read
 from selmem.memory.select import Select, budget
 from selmem.memory.update import update
-from selmem.state import MemoryState
+from selmem.state import MemoryState, NonFiniteState
 
 
 @dataclass
@@ -200,6 +200,8 @@ class SelectiveMemoryTransformer(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (batch, segment_len), got {tuple(tokens.shape)}")
         B, T = tokens.shape
+        if B == 0:
+            raise ValueError("empty batch: tokens has 0 rows; pass at least one sequence")
         if T == 0:
             raise ValueError("empty segment: tokens has length 0 along the segment axis")
         if T > cfg.max_segment_len:
@@ -226,6 +228,9 @@ class SelectiveMemoryTransformer(nn.Module):
                              "move one with .to(device)")
         if state.slots.dtype != self.init_slots.dtype:
             raise ValueError(f"state has dtype {state.slots.dtype} but the model runs in {self.init_slots.dtype}")
+        if cfg.check_finite and not bool(state.finite()):  # one reduction and one sync per call
+            raise NonFiniteState(f"state holds NaN/inf in layer(s) {state.nonfinite_layers()} (slots, usage or "
+                             "age); it would make the logits and the next state non-finite")
         return state
 
 

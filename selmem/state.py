@@ -13,8 +13,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
+
+
+class NonFiniteState(ValueError):
+    """A state given to forward() holds NaN or inf (it would make every output non-finite)."""
 
 
 @dataclass
@@ -50,6 +54,15 @@ class MemoryState:
         L, _, M, d_mem = self.slots.shape
         return L * M * (d_mem + 2)
 
+    def finite(self) -> Tensor:
+        """0-dim bool tensor: slots, usage and age hold no NaN/inf (no device sync until read)."""
+        return torch.stack([torch.isfinite(t).all() for t in (self.slots, self.usage, self.age)]).all()
+
+    def nonfinite_layers(self) -> list[int]:
+        """Layers whose slots, usage or age hold NaN or inf."""
+        bad = [~torch.isfinite(t).flatten(1).all(1) for t in (self.slots, self.usage, self.age)]  # (L,) each
+        return [int(l) for l in torch.nonzero(bad[0] | bad[1] | bad[2]).flatten()]
+
     def detach(self) -> MemoryState:
         """The truncated-BPTT boundary: same values, no graph to earlier segments."""
         return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)})
@@ -68,7 +81,9 @@ class MemoryState:
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> MemoryState:
         """Read a state written by ``save``; raises ValueError naming a missing tensor."""
-        tensors = load_file(str(path), device=str(device))
+        from selmem.files import read_tensors
+
+        tensors = read_tensors(path, device)
         missing = [f.name for f in fields(cls) if f.name not in tensors]
         if missing:
             raise ValueError(f"{path} is not a MemoryState file: missing {missing}")

@@ -43,6 +43,22 @@ def test_train_then_eval(tmp_path, capsys):
     # ckpt/best is the model of the only evaluation (step 2): the same numbers come back
     assert evaluated["accuracy"] == results["test"]["accuracy"]
     assert evaluated["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
+    # a checkpoint folder names the run and the checkpoint, as `inspect` accepts it
+    assert main(["eval", str(run / "ckpt" / "best")]) == 0
+    assert json.loads(capsys.readouterr().out) == evaluated
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_is_opt_in(monkeypatch, capsys):
+    def broken(args):
+        raise KeyError("deep inside")
+
+    monkeypatch.setitem(COMMANDS, "tasks", broken)
+    assert main(["tasks"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error (KeyError" in err and "SELMEM_TRACEBACK=1" in err
+    monkeypatch.setenv("SELMEM_TRACEBACK", "1")
+    with pytest.raises(KeyError, match="deep inside"):
+        main(["tasks"])
 
 
 def test_overrides_land_in_the_run_config(tmp_path):

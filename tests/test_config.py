@@ -111,9 +111,13 @@ def test_yaml_not_a_mapping_or_missing(tmp_path):
         SelmemConfig.from_yaml(tmp_path / "missing.yaml")
 
 
-def test_empty_yaml_gives_defaults(tmp_path):
-    (tmp_path / "c.yaml").write_text("")
-    assert SelmemConfig.from_yaml(tmp_path / "c.yaml") == SelmemConfig()
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n", "~\n"], ids=["empty", "comment", "null"])
+def test_empty_yaml_is_an_error_not_the_defaults(tmp_path, text):
+    """A config file that names nothing is a mistake (a wrong file, a failed write): the defaults
+    are what leaving out --config gives, never what a file silently gives."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"c\.yaml: empty config file"):
+        SelmemConfig.from_yaml(tmp_path / "c.yaml")
 
 
 @pytest.mark.parametrize(

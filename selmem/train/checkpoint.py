@@ -3,7 +3,12 @@
 A checkpoint is a folder ``ckpt/<tag>/`` with
   model.safetensors   the model's state dict
   train.safetensors   optimiser tensors (``optim.<param index>.<key>``) and RNG states (``rng.<name>``)
-  train.json          optimiser param groups, scheduler state, step, data position, best metric
+  train.json          optimiser param groups, scheduler state, step, data position, best metric,
+                      and the SHA-256 of both tensor files (damage that safetensors cannot see)
+
+A write goes to ``<tag>.tmp``, then ``<tag>`` moves to ``<tag>.old``, ``<tag>.tmp`` to ``<tag>``,
+and ``<tag>.old`` is removed. A kill at any point leaves ``<tag>`` or ``<tag>.old`` complete;
+``recover`` finds the newest good one (tests/train/test_crash.py kills the write at each step).
 """
 
 from __future__ import annotations
@@ -15,26 +20,43 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from selmem.files import BadFile, fsync, read_json, read_tensors, sha256
 
-def _atomic_dir(path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+TENSOR_FILES = ("model.safetensors", "train.safetensors")
+
+
+class CheckpointError(BadFile):
+    """A checkpoint folder that is damaged, incomplete or does not fit the model."""
+
+
+def _reached(point: str) -> None:
+    """A step of a checkpoint write is done and on disk. Does nothing; the crash tests replace it
+    with a kill, so every step of ``save_checkpoint`` is a point where a run may die."""
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with path.open("w") as f:
+        f.write(json.dumps(data, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, rng: dict[str, torch.Tensor] | None = None,
                     meta: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder at ``path``; a crash midway leaves the previous one intact."""
+    """Write a checkpoint folder at ``path``; a crash midway leaves the previous one loadable."""
     path = Path(path)
-    tmp = _atomic_dir(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a write that died before it was complete
+    tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               str(tmp / "model.safetensors"))
+    fsync(tmp / "model.safetensors")
+    _reached(f"{path.name}: wrote model.safetensors")
     tensors: dict[str, torch.Tensor] = {}
     info: dict[str, Any] = {"meta": meta or {}}
     if optimizer is not None:
@@ -49,14 +71,126 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         tensors[f"rng.{k}"] = v.contiguous().cpu()
     if tensors:
         save_file(tensors, str(tmp / "train.safetensors"))
-    (tmp / "train.json").write_text(json.dumps(info, indent=1))
-    old = path.with_name(path.name + ".old")
+        fsync(tmp / "train.safetensors")
+        _reached(f"{path.name}: wrote train.safetensors")
+    info["sha256"] = {name: sha256(tmp / name) for name in TENSOR_FILES if (tmp / name).exists()}
+    _write_json(tmp / "train.json", info)
+    fsync(tmp)
+    _reached(f"{path.name}: wrote train.json")
     if path.exists():
+        if old.exists():
+            shutil.rmtree(old)  # left by a crash after the last write was complete: path is newer
+            _reached(f"{path.name}: removed stale {old.name}")
         os.replace(path, old)
+        _reached(f"{path.name}: moved {path.name} to {old.name}")
     os.replace(tmp, path)
+    fsync(path.parent)
+    _reached(f"{path.name}: moved {tmp.name} to {path.name}")
     if old.exists():
         shutil.rmtree(old)
+        _reached(f"{path.name}: removed {old.name}")
     return path
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def resume_meta(path: str | Path) -> dict[str, Any]:
+    """The training position in a ``ckpt/last`` folder (step, best, elapsed, skipped), checked:
+    CheckpointError naming train.json when a field is missing or of the wrong kind."""
+    meta = check_checkpoint(path)["meta"]
+    where = Path(path) / "train.json"
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{where}: meta.step must be a step count, got {step!r}")
+    for key, ok in [("best", lambda v: v is None or _number(v)), ("elapsed", lambda v: _number(v) and v >= 0),
+                    ("skipped", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)]:
+        if key in meta and not ok(meta[key]):
+            raise CheckpointError(f"{where}: meta.{key} is {meta[key]!r}")
+    return meta
+
+
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """train.json of a complete, undamaged checkpoint folder; CheckpointError naming the file
+    that is missing, truncated or altered otherwise."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path}: no model.safetensors (an incomplete or missing checkpoint)")
+    if not (path / "train.json").is_file():
+        raise CheckpointError(f"{path}: no train.json (an incomplete checkpoint)")
+    try:
+        info = read_json(path / "train.json")
+    except BadFile as e:
+        raise CheckpointError(str(e)) from None
+    if not isinstance(info, dict) or not isinstance(info.get("meta"), dict):
+        raise CheckpointError(f"{path / 'train.json'}: expected an object with a 'meta' object, "
+                              f"got {_kind(info)}")
+    hashes = info.get("sha256", {})  # absent in checkpoints written before it was recorded
+    if not isinstance(hashes, dict):
+        raise CheckpointError(f"{path / 'train.json'}: 'sha256' must map file names to hashes")
+    for name, want in hashes.items():
+        file = path / str(name)
+        if name not in TENSOR_FILES:
+            raise CheckpointError(f"{path / 'train.json'}: 'sha256' names an unknown file {name!r}")
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing (train.json records its hash)")
+        if sha256(file) != want:
+            raise CheckpointError(f"{file}: damaged (its SHA-256 differs from the one in train.json)")
+    return info
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def _read(file: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return read_tensors(file, device)
+    except BadFile as e:
+        raise CheckpointError(str(e)) from None
+
+
+def recover(path: str | Path, log: Any = None) -> Path:
+    """The newest good checkpoint of tag ``path`` (``ckpt/last``): ``path`` itself, else
+    ``path.old`` that a crash mid-write left behind. A damaged ``path`` is moved to ``path.bad``
+    and the good ``.old`` takes its place, so the next write cannot remove the only good copy.
+    ``log(message)`` is told of every fallback. CheckpointError naming each problem if none is good."""
+    path = Path(path)
+    old, bad = path.with_name(path.name + ".old"), path.with_name(path.name + ".bad")
+    problems = []
+    for candidate in (path, old):
+        if not candidate.exists():
+            problems.append(f"{candidate}: missing")
+            continue
+        try:
+            check_checkpoint(candidate)
+            _read(candidate / "model.safetensors")
+            if (candidate / "train.safetensors").exists():
+                _read(candidate / "train.safetensors")
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if candidate == old:
+            if path.exists():
+                if bad.exists():
+                    shutil.rmtree(bad)
+                os.replace(path, bad)
+            os.replace(old, path)
+            if log:
+                log(f"{problems[0]}; resuming from the previous checkpoint {old.name} instead"
+                    + (f" (the damaged one is kept in {bad})" if bad.exists() else ""))
+        return path
+    best = path.with_name("best")
+    hint = (f"; {best} holds the best weights but no optimizer state: `selmem eval {best}` evaluates it"
+            if best.is_dir() and path.name != "best" else "")
+    raise CheckpointError("no usable checkpoint: " + "; ".join(problems) + hint)
+
+
+def resumable(path: str | Path) -> bool:
+    """Whether ``recover`` has a checkpoint to look at (``path`` or ``path.old`` exists)."""
+    path = Path(path)
+    return path.exists() or path.with_name(path.name + ".old").exists()
 
 
 #: parameters used in training only (selmem's credit probe): inference can do without them
@@ -71,7 +205,9 @@ def load_model_weights(path: str | Path, model: nn.Module, inference: bool = Fal
     file = path / "model.safetensors"
     if not file.is_file():
         raise FileNotFoundError(f"no model.safetensors in checkpoint {path}")
-    state = load_file(str(file), device=str(next(model.parameters()).device))
+    if (path / "train.json").is_file():
+        check_checkpoint(path)
+    state = _read(file, device=str(next(model.parameters()).device))
     own = model.state_dict()
     if inference:
         state = {k: v for k, v in state.items() if not k.startswith(TRAIN_ONLY)}
@@ -81,29 +217,93 @@ def load_model_weights(path: str | Path, model: nn.Module, inference: bool = Fal
     resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                if k in state and state[k].shape != v.shape]
     if missing or unexpected or resized:
-        raise ValueError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, shape (checkpoint vs model) {resized[:5]} "
-                         "(was it trained with another config or model?)")
+        raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, shape (checkpoint vs model) {resized[:5]} "
+                              "(was it trained with another config or model?)")
     model.load_state_dict(state)
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Restore a checkpoint in place; returns (meta, rng states)."""
+    """Restore a checkpoint in place; returns (meta, rng states). CheckpointError naming the file
+    when a part is damaged or does not fit (the model, optimizer and schedule may then be partly
+    restored: load into fresh ones)."""
     path = Path(path)
+    info = check_checkpoint(path)
     load_model_weights(path, model)
-    info = json.loads((path / "train.json").read_text())
-    tensors = load_file(str(path / "train.safetensors")) if (path / "train.safetensors").exists() else {}
+    train_file = path / "train.safetensors"
+    tensors = _read(train_file) if train_file.exists() else {}
     if optimizer is not None and "param_groups" in info:
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, v in tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = v
-        optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        _load_optimizer(path, optimizer, info["param_groups"], tensors)
     if scheduler is not None and "scheduler" in info:
         sd = scheduler.state_dict()
-        sd.update(info["scheduler"])
-        scheduler.load_state_dict(sd)
+        saved = info["scheduler"]
+        if not isinstance(saved, dict) or not all(k in sd and _same_kind(v, sd[k]) for k, v in saved.items()):
+            raise CheckpointError(f"{path / 'train.json'}: 'scheduler' is missing fields or has mistyped ones")
+        sd.update(saved)
+        try:
+            scheduler.load_state_dict(sd)
+        except Exception as e:
+            raise CheckpointError(f"{path / 'train.json'}: 'scheduler' does not fit the schedule ({e})") from None
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    for name, v in rng.items():
+        want = torch.get_rng_state() if name == "torch" else None
+        if want is not None and (v.dtype != want.dtype or v.shape != want.shape):
+            raise CheckpointError(f"{train_file}: rng.{name} is {v.dtype} of shape {tuple(v.shape)}, "
+                                  f"expected {want.dtype} of shape {tuple(want.shape)}")
     return info["meta"], rng
+
+
+def _same_kind(saved: Any, own: Any) -> bool:
+    """Whether a JSON value read back has the kind of the value it replaces (numbers for numbers,
+    bool for bool, lists of the same length for tuples and lists, the same keys for dicts), so that
+    a damaged train.json fails here, not in a later optimiser step."""
+    if isinstance(own, bool) or own is None or isinstance(own, str):
+        return type(saved) is type(own)
+    if isinstance(own, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and (
+            isinstance(own, float) or isinstance(saved, int))
+    if isinstance(own, (list, tuple)):
+        return (isinstance(saved, list) and len(saved) == len(own)
+                and all(_same_kind(a, b) for a, b in zip(saved, own, strict=True)))
+    if isinstance(own, dict):
+        return (isinstance(saved, dict) and set(saved) == set(own)
+                and all(_same_kind(saved[k], own[k]) for k in own))
+    return True  # a tensor or an object the state dict holds as is: torch checks it
+
+
+def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, groups: Any,
+                    tensors: dict[str, torch.Tensor]) -> None:
+    """Check that the saved optimizer state fits ``optimizer`` (groups, indices, moment shapes)
+    before loading it: torch would accept wrong shapes here and fail steps later."""
+    where = path / "train.json"
+    own = optimizer.param_groups
+    if (not isinstance(groups, list) or len(groups) != len(own)
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                       and all(isinstance(i, int) for i in g["params"])
+                       and len(g["params"]) == len(o["params"]) for g, o in zip(groups, own, strict=True))):
+        raise CheckpointError(f"{where}: 'param_groups' does not fit this model's optimizer")
+    for g, o in zip(groups, own, strict=True):
+        # keys of only one side are left to torch (a newer torch may add options with defaults)
+        bad = sorted(k for k in set(g) & set(o) if k != "params" and not _same_kind(g[k], o[k]))
+        if bad:
+            raise CheckpointError(f"{where}: 'param_groups' has mistyped {bad[:5]}")
+    shapes = {}
+    for g, o in zip(groups, own, strict=True):
+        for idx, p in zip(g["params"], o["params"], strict=True):
+            shapes[idx] = tuple(p.shape)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = (key.split(".", 2) + ["", ""])[:3]
+            if not idx.isdigit() or int(idx) not in shapes or not name:
+                raise CheckpointError(f"{path / 'train.safetensors'}: {key} names no parameter")
+            want = () if name == "step" else shapes[int(idx)]  # AdamW: a step count, then moments
+            if tuple(v.shape) != want or not v.is_floating_point():
+                raise CheckpointError(f"{path / 'train.safetensors'}: {key} is {v.dtype} of shape "
+                                      f"{tuple(v.shape)}, expected a float tensor of shape {want}")
+            state.setdefault(int(idx), {})[name] = v
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except Exception as e:
+        raise CheckpointError(f"{where}: optimizer state does not fit ({e})") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import resource
 import sys
 import time
@@ -24,9 +25,11 @@ from selmem.baselines import params, train_only_params
 from selmem.experiment import ExperimentConfig, build
 from selmem.metrics import memory_metrics
 from selmem.model import SelectiveMemoryTransformer
+from selmem.state import MemoryState, NonFiniteState
 from selmem.tasks.base import Batch, Task
 from selmem.train import checkpoint, run
 from selmem.train.optim import build_optimizer, build_scheduler
+from selmem.train.progress import Progress
 from selmem.train.seed import rng_state, seed_everything, set_rng_state
 
 
@@ -58,6 +61,52 @@ def credit_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
     if not isinstance(model, SelectiveMemoryTransformer) or model.cfg.credit == "none":
         return {}
     return {"answer_mask": batch.loss_mask, "answer_targets": batch.targets}
+
+
+def _layer(name: str) -> str:
+    """'layer 1' for a parameter of a per-layer part (blocks.1.attn.qkv.weight, select.1.score...),
+    else the shared part it belongs to (embed, cache_transform, ...)."""
+    match = re.match(r"[A-Za-z_]+\.(\d+)\.", name)
+    return f"layer {match.group(1)}" if match else f"outside the layers: {name.split('.')[0]}"
+
+
+def nonfinite_forward(model: nn.Module, step: int, loss: Tensor, out: Any) -> str | None:
+    """None if the loss, every aux loss and the state after the batch are finite (one device
+    sync), else what is not and where: the first layer whose state is, else the first parameter."""
+    losses = {"task loss": loss, **{f"aux loss {k}": v for k, v in out.losses.items()}}
+    state = out.state if isinstance(out.state, MemoryState) else None
+    checks = [torch.isfinite(v).all() for v in losses.values()]
+    if state is not None:
+        checks.append(state.finite())
+    if bool(torch.stack(checks).all()):
+        return None
+    bad = [f"{k} is {float(v)}" for k, v in losses.items() if not torch.isfinite(v).all()]
+    layers = state.nonfinite_layers() if state is not None else []
+    if layers:
+        where = f"the state of layer {layers[0]} holds NaN/inf" + (f" (also layers {layers[1:]})" if layers[1:] else "")
+    else:
+        where = nonfinite_weight(model)
+    return f"non-finite forward at step {step}: {', '.join(bad) or 'the losses are finite'}; {where}"
+
+
+def nonfinite_weight(model: nn.Module) -> str:
+    """Which parameter (and layer) holds NaN/inf first, for a fault message."""
+    params = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    return f"parameter {params[0]} ({_layer(params[0])}) is non-finite" if params else "every weight is finite"
+
+
+def nonfinite_gradient(model: nn.Module, step: int, norm: Tensor | None) -> str | None:
+    """None if the total gradient norm (``norm``, else computed here) is finite, else the first
+    parameter whose gradient holds NaN/inf, and its layer."""
+    grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    if norm is None:
+        norm = torch.stack([g.detach().norm() for _, g in grads]).norm() if grads else torch.zeros(())
+    if bool(torch.isfinite(norm)):
+        return None
+    names = [n for n, g in grads if not torch.isfinite(g).all()]
+    if not names:
+        return f"gradient norm overflowed at step {step} (every gradient is finite, their norm is not)"
+    return f"non-finite gradient at step {step} in {names[0]} ({_layer(names[0])})"
 
 
 @torch.no_grad()
@@ -117,6 +166,8 @@ class Trainer:
         run_dir = run.make_run_dir(tc.out_dir, tc.name, default, tc.resume)
         if tc.resume:
             _check_resumable(run_dir, exp)
+        print(f"run folder: {run_dir}" + ("" if tc.resume else f"  (continue it with --train.name {run_dir.name} "
+              "--train.resume)"), file=sys.stderr, flush=True)
         seed_everything(tc.seed)
         model, task = build(exp)
         run.write_command(run_dir)
@@ -132,43 +183,37 @@ class Trainer:
         seg = exp.segment_len()
         test = task.test_set(tc.eval_batches, tc.batch_size)
         higher = task.chance is not None  # classification: accuracy up; LM: bits down
-        step, best, elapsed = 0, None, 0.0
+        step, best, elapsed, skipped = 0, None, 0.0, 0
         if tc.resume:
             meta, rng = checkpoint.load_checkpoint(self.run_dir / "ckpt" / "last", model, opt, sched)
             step, best, elapsed = meta["step"], meta.get("best"), meta.get("elapsed", 0.0)
+            skipped = meta.get("skipped", 0)
             set_rng_state(rng)
             run.truncate_metrics(self.run_dir, step)  # records past the checkpoint are redone
+            print(f"resuming {self.run_dir} from step {step} of {tc.steps} (ckpt/last)", file=sys.stderr)
+        progress = Progress(tc.steps, step, tc.progress, higher, elapsed=elapsed)
         start, tokens, t_log = time.time() - elapsed, 0, time.time()
         model.train()
         last_eval: dict[str, float] = {}
         while step < tc.steps:
             batch = task.batch("train", step, tc.batch_size).to(self.device)
-            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch))
-            loss, right, n = task_loss(out.logits, batch)
-            total = loss + out.losses["aux"]
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"loss is {float(total)} at step {step}; lower train.lr or "
-                                         "raise train.grad_clip. The last checkpoint is intact in ckpt/last")
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if tc.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            sched.step()
+            loss, right, n, out, fault = self._step(step, batch, seg, opt, sched)
+            if fault:
+                skipped += 1
+                progress.note(f"skipped step {step + 1}: {fault}")
             step += 1
             tokens += batch.tokens.numel()
             out_of_time = bool(tc.time_budget_s) and time.time() - start > tc.time_budget_s
+            evaluate_now = step % tc.eval_every == 0 or step == tc.steps or out_of_time
             if step % tc.log_every == 0 or step == tc.steps or out_of_time:
                 now = time.time()
                 rec = {"step": step, "split": "train", "loss": float(loss.detach()), "accuracy": int(right) / n,
                        "lr": sched.get_last_lr()[0], "tokens_per_s": tokens / max(now - t_log, 1e-9),
-                       "elapsed": now - start,
-                       **{f"aux/{k}": float(v.detach()) for k, v in out.losses.items()},
-                       **memory_metrics(out.stats, batch)}
+                       "elapsed": now - start, **_extras(out, batch, skipped)}
                 logger.log(rec)
                 tokens, t_log = 0, now
-                self._progress(rec, last_eval)
-            if step % tc.eval_every == 0 or step == tc.steps or out_of_time:
+                progress.update(step, rec, last_eval)
+            if evaluate_now:
                 last_eval = evaluate(model, test, seg, self.device, task)
                 logger.log({"step": step, "split": "test", "elapsed": time.time() - start, **last_eval})
                 key = "accuracy" if higher else "bits_per_token"
@@ -177,12 +222,46 @@ class Trainer:
                     best = score
                     checkpoint.save_checkpoint(self.run_dir / "ckpt" / "best", model,
                                                meta={"step": step, key: last_eval[key]})
+                progress.evaluated(step, last_eval)
+            if evaluate_now or (tc.ckpt_every and step % tc.ckpt_every == 0):
                 checkpoint.save_checkpoint(self.run_dir / "ckpt" / "last", model, opt, sched, rng_state(),
-                                           meta={"step": step, "best": best, "elapsed": time.time() - start})
-                self._progress({"step": step, **last_eval}, last_eval, newline=True)
+                                           meta={"step": step, "best": best, "elapsed": time.time() - start,
+                                                 **({"skipped": skipped} if skipped else {})})
             if out_of_time:
                 break
+        progress.close()
+        if not last_eval:  # resumed a run killed after its last checkpoint, before results.json
+            last_eval = evaluate(model, test, seg, self.device, task)
         return self._finish(step, time.time() - start, last_eval)
+
+    def _step(self, step: int, batch: Batch, seg: int, opt: torch.optim.Optimizer,
+              sched: Any) -> tuple[Tensor, Tensor | int, int, Any, str | None]:
+        """One optimiser step on ``batch``: (task loss, correct, scored, output, fault). A NaN or inf
+        in the loss, the state or a gradient raises FloatingPointError naming the step and the
+        layer, before any weight changes; with train.nonfinite='skip' the step is skipped instead
+        (the schedule still advances: batch i stays step i) and ``fault`` says why."""
+        model, tc = self.model, self.exp.train
+        out, loss, right, n = None, torch.tensor(float("nan")), 0, 1
+        try:
+            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch))
+        except NonFiniteState as e:  # a segment made a state that the next one refuses
+            fault: str | None = f"non-finite forward at step {step + 1}: {e}; {nonfinite_weight(model)}"
+        else:
+            loss, right, n = task_loss(out.logits, batch)
+            fault = nonfinite_forward(model, step + 1, loss, out)
+            if fault is None:
+                opt.zero_grad(set_to_none=True)
+                (loss + out.losses["aux"]).backward()
+                norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else None
+                fault = nonfinite_gradient(model, step + 1, norm)
+        if fault is not None and tc.nonfinite == "stop":
+            raise FloatingPointError(f"{fault}. The last good checkpoint is intact in {self.run_dir / 'ckpt'}; "
+                                     "lower train.lr, raise train.grad_clip, or set train.nonfinite=skip")
+        if fault is None:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        return loss, right, n, out, fault
 
     def _finish(self, step: int, wall: float, final: dict[str, float]) -> dict[str, Any]:
         logged = run.read_metrics(self.run_dir)
@@ -201,17 +280,13 @@ class Trainer:
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results
 
-    def _progress(self, rec: dict[str, Any], last_eval: dict[str, float], newline: bool = False) -> None:
-        if not self.exp.train.progress:
-            return
-        msg = f"step {rec['step']:>6}/{self.exp.train.steps}  loss {rec['loss']:.4f}  acc {rec['accuracy']:.3f}"
-        if "tokens_per_s" in rec:
-            msg += f"  {rec['tokens_per_s']:,.0f} tok/s"
-        if last_eval and not newline:
-            msg += f"  | test acc {last_eval['accuracy']:.3f}"
-        if newline:
-            msg = "[test] " + msg
-        print("\r" + msg.ljust(100), end="\n" if newline else "", file=sys.stderr, flush=True)
+
+def _extras(out: Any, batch: Batch, skipped: int) -> dict[str, float]:
+    """A train record's aux losses and memory diagnostics (none for a step skipped in forward)."""
+    if out is None:
+        return {"skipped": skipped}
+    return {**{f"aux/{k}": float(v.detach()) for k, v in out.losses.items()}, **memory_metrics(out.stats, batch),
+            **({"skipped": skipped} if skipped else {})}
 
 
 def _check_resumable(run_dir: Path, exp: ExperimentConfig) -> None:
@@ -226,8 +301,10 @@ def _check_resumable(run_dir: Path, exp: ExperimentConfig) -> None:
     if changed:
         raise ValueError(f"cannot resume {run_dir} with another model or task ({', '.join(changed[:5])}); "
                          f"start from its own config: --config {run_dir / 'config.yaml'}")
-    step = json.loads((run_dir / "ckpt" / "last" / "train.json").read_text())["meta"]["step"]
-    if step >= exp.train.steps:
+    last = checkpoint.recover(run_dir / "ckpt" / "last", log=lambda msg: print(msg, file=sys.stderr))
+    step = checkpoint.resume_meta(last)["step"]
+    # step == steps without results.json: killed after the last checkpoint, resume only finishes it
+    if step > exp.train.steps or (step == exp.train.steps and (run_dir / "results.json").exists()):
         raise ValueError(f"{run_dir} already finished {step} of train.steps={exp.train.steps}; "
                          "raise train.steps to train it further")
 

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import torch
 
+from selmem.files import BadFile
+
 
 class Logger(Protocol):
     def log(self, record: dict[str, Any]) -> None: ...
@@ -35,25 +37,47 @@ class DiskLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record) + "\n")  # one write: a kill tears at most this last line
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of every line of a metrics.jsonl. A last line without its newline is a record
+    that a kill cut short: it is dropped. Any other line that is not a JSON object with a step
+    raises BadFile naming the file and the line."""
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    lines.pop()  # what follows the last newline: "" when complete, else a record a kill tore
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadFile(f"{path} line {i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise BadFile(f"{path} line {i}: expected a JSON object with an integer 'step', got {line[:60]!r}")
+        out.append((line, rec))
+    return out
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's metrics.jsonl."""
+    """All records of a run's metrics.jsonl (a torn last line, left by a kill, is left out)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [rec for _, rec in _records(path)]
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:
     """Drop the records after ``step`` (logged by a run that stopped past its last checkpoint),
-    so that a resumed run's metrics.jsonl reads as one uninterrupted run."""
+    and a torn last line, so that a resumed run's metrics.jsonl reads as one uninterrupted run."""
     path = Path(run_dir) / "metrics.jsonl"
     if path.exists():
-        keep = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line, rec in _records(path) if rec["step"] <= step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)  # a kill here leaves the old file or the new one, never half of one
 
 
 def git_hash() -> str:
@@ -77,7 +101,9 @@ def make_run_dir(out_dir: str, name: str, default_name: str, resume: bool) -> Pa
     """Create (or, when resuming, find) the run folder; never overwrite another run's record."""
     run = Path(out_dir) / (name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if resume:
-        if not (run / "ckpt" / "last").exists():
+        from selmem.train.checkpoint import resumable
+
+        if not resumable(run / "ckpt" / "last"):
             raise FileNotFoundError(f"cannot resume: no checkpoint at {run / 'ckpt' / 'last'}")
         return run
     if run.exists() and any(run.iterdir()):

@@ -31,6 +31,7 @@ RESULT_KEYS = {
     "train_tokens_per_s",
     "peak_mem_mb",
     "test",
+    "curve",
     "run_dir",
 }
 
@@ -90,6 +91,8 @@ def test_run_folder_is_the_record(tmp_path):
 
     saved = json.loads((run / "results.json").read_text())
     assert set(saved) == RESULT_KEYS - {"run_dir"}
+    tested = [(r["step"], r["accuracy"]) for r in records if r["split"] == "test"]
+    assert [tuple(p) for p in saved["curve"]] == tested  # plots need no metrics.jsonl
     assert set(res) == RESULT_KEYS
     assert saved["steps"] == 4 and saved["arch"] == "selmem" and saved["task"] == "mqar"
     assert saved["chance"] == exp.task.chance
@@ -114,7 +117,7 @@ class Interrupted(Exception):
     """Stands in for a crash or Ctrl-C in the middle of a run."""
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
+def test_resume_continues_exactly(tmp_path, monkeypatch, capsys):
     full = train(smoke(tmp_path, name="full", steps=6, eval_every=2))
 
     batch = MQARTask.batch
@@ -132,7 +135,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert json.loads((cut / "ckpt" / "last" / "train.json").read_text())["meta"]["step"] == 2
     assert metrics(cut)[-1]["step"] == 3  # logged past the checkpoint, then lost
 
+    capsys.readouterr()
     resumed = train(smoke(tmp_path, name="cut", steps=6, eval_every=2, resume=True))
+    assert f"resuming {cut} from step 2 of 6" in capsys.readouterr().err
     assert resumed["steps"] == 6
     for tag, file in [
         ("last", "model.safetensors"),

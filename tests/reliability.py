@@ -1,0 +1,126 @@
+"""Writes docs/RELIABILITY.md: each reliability promise (issue 13), the tests that check it and
+what they try, every count taken from the tests' own code (kill points traced from
+save_checkpoint, kill list, hypothesis settings, parametrize lists), never typed by hand.
+
+    ./dev reliability            # = .venv/bin/python -m tests.reliability
+
+tests/test_reliability.py fails when the committed page differs from what this writes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "RELIABILITY.md"
+
+
+def cases(fn: Callable) -> int:
+    """Parametrized cases of a test function (product over its parametrize marks)."""
+    sizes = [len(m.args[1]) for m in getattr(fn, "pytestmark", []) if m.name == "parametrize"]
+    return math.prod(sizes)
+
+
+def examples(fn: Callable) -> int:
+    """Hypothesis examples per case (max_examples; derandomized, so the same ones every run)."""
+    return fn._hypothesis_internal_use_settings.max_examples * cases(fn)
+
+
+def ref(module, fn: Callable) -> str:
+    path = Path(module.__file__).relative_to(ROOT)
+    return f"`{path}::{fn.__name__}`"
+
+
+def rows() -> list[tuple[str, str, str]]:
+    from tests import test_bad_files as bad
+    from tests import test_cli as cli
+    from tests import test_security as sec
+    from tests.train import test_crash as crash
+    from tests.train import test_loop as loop
+    from tests.train import test_nonfinite as nan
+    from tests.train import test_progress as prog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        points = crash.kill_points(Path(tmp))
+    per_write = " + ".join(str(len(p)) for p in points)
+    kills = "; ".join(f"{what!r} #{n}: {why}" for what, n, why in crash.SIGKILLS)
+    fuzz = [bad.test_a_bad_config_is_one_line_naming_the_file, bad.test_a_bad_train_json_is_named,
+            bad.test_a_bad_safetensors_file_is_named, bad.test_a_bad_state_file_is_named,
+            bad.test_a_bad_metrics_file_is_named_and_a_torn_last_line_dropped]
+    fixed = [bad.test_the_cases_of_the_issue, bad.test_eval_of_a_damaged_run_is_one_line_naming_the_file,
+             bad.test_resume_with_a_damaged_last_and_nothing_older_names_the_file,
+             crash.test_damaged_last_is_named_and_the_previous_checkpoint_takes_over]
+    return [
+        ("Atomic checkpoints: a kill at any step of a checkpoint write leaves one that resume finds and loads",
+         ref(crash, crash.test_a_kill_at_each_point_of_a_checkpoint_write_leaves_one_that_loads),
+         f"{sum(map(len, points))} kill points ({per_write} over {len(points)} writes in a row: fresh, "
+         "replacing, replacing again), each followed by recovery, a load that checks the weights' step, "
+         "and the rest of the writes"),
+        ("A damaged checkpoint is named in one line and resume falls back to the newest good one, saying so",
+         ref(crash, crash.test_damaged_last_is_named_and_the_previous_checkpoint_takes_over),
+         f"{cases(crash.test_damaged_last_is_named_and_the_previous_checkpoint_takes_over)} damages "
+         "(truncated, one flipped byte, deleted) x (model.safetensors, train.safetensors, train.json)"),
+        ("SIGKILL resume: a real training process killed and resumed equals an uninterrupted run "
+         "(metrics.jsonl, results.json and both checkpoints, timing fields aside)",
+         ref(crash, crash.test_sigkilled_training_resumes_to_the_uninterrupted_result),
+         f"{len(crash.SIGKILLS)} SIGKILLs in a row, each resumed: {kills}"),
+        ("Every bad input file gets one line naming the file and the problem; no traceback from the CLI",
+         ", ".join(ref(bad, f) for f in fuzz),
+         f"{sum(map(examples, fuzz))} hypothesis-generated bad files ("
+         + ", ".join(f"{examples(f)} {name}" for f, name in zip(fuzz, [
+             "YAML configs: random bytes, truncations, wrong types", "train.json: random bytes, "
+             "truncations, wrong types", "safetensors: random bytes, truncations, flipped bytes, wrong shapes",
+             "state files: random bytes", "metrics.jsonl: torn last lines, garbage lines, wrong types"],
+             strict=True))
+         + f"), plus {sum(map(cases, fixed))} fixed cases: "
+         + ", ".join(ref(bad if f.__module__ == bad.__name__ else crash, f) for f in fixed)),
+        ("An empty config file is an error; leaving out --config gives the defaults",
+         f"{ref(bad, bad.test_the_cases_of_the_issue)} (`empty`), {ref(bad, bad.test_no_config_is_the_defaults)}",
+         "empty, comment-only and null files (tests/test_config.py::test_empty_yaml_is_an_error_not_the_defaults)"),
+        ("An unexpected error is one line too; SELMEM_TRACEBACK=1 shows the traceback",
+         ref(cli, cli.test_an_unexpected_error_is_one_line_and_the_traceback_is_opt_in), "a KeyError in a command"),
+        ("Numerical faults stop with the step and the layer, before any weight changes, keeping the last "
+         "checkpoint; train.nonfinite=skip skips the step",
+         f"{ref(nan, nan.test_a_fault_stops_the_run_with_step_and_layer_and_keeps_the_checkpoint)}, "
+         f"{ref(nan, nan.test_skip_goes_on_without_the_faulty_step)}",
+         f"{cases(nan.test_a_fault_stops_the_run_with_step_and_layer_and_keeps_the_checkpoint)} faults at step "
+         f"{nan.FAULT_AT} (NaN weight, inf gradient, NaN state), plus one skipped step"),
+        ("forward checks a given state for NaN/inf (model.check_finite) and refuses an empty batch",
+         f"{ref(nan, nan.test_forward_refuses_a_state_with_nan_or_inf_naming_the_layer)}, "
+         f"{ref(nan, nan.test_an_empty_batch_is_refused_at_the_boundary)}",
+         "NaN and inf in slots, NaN in usage; the flag off lets NaN through"),
+        ("Progress: a tqdm bar on a terminal, plain lines otherwise, with step/total, elapsed, ETA, tokens/s, "
+         "loss and the last test metric; the run folder first; a resume names its step; --train.ckpt-every",
+         ", ".join(ref(prog, f) for f in [prog.test_plain_lines_when_not_a_terminal, prog.test_a_bar_on_a_terminal,
+                                          prog.test_training_prints_the_run_folder_first_then_one_line_per_log,
+                                          prog.test_ckpt_every_writes_checkpoints_between_evaluations_without_changing_the_run])
+         + f", {ref(loop, loop.test_resume_continues_exactly)}",
+         "a fake terminal and a plain stream; a run crashed between evaluations resumes from its ckpt-every "
+         "checkpoint to the same metrics"),
+        ("Security: safetensors, JSON and YAML safe_load only; nothing unpickles or runs file content",
+         ref(sec, sec.test_no_unsafe_loading_or_execution),
+         "every .py file under selmem/ scanned (a per-file count would go stale with each new module); "
+         "the scanner catches each of "
+         f"{cases(sec.test_the_scanner_catches_each_unsafe_pattern)} unsafe patterns"),
+    ]
+
+
+def render() -> str:
+    lines = ["# Reliability", "",
+             "What selmem promises about crashes, bad files and numerical faults, the test that checks each",
+             "promise, and what that test tries. Generated by `./dev reliability` (tests/reliability.py) from the",
+             "tests' own code; tests/test_reliability.py fails when this page is stale. All of it runs in",
+             "`./dev test` (and so in `.ci/run`).", "",
+             "| Promise | Checked by | What it tries |", "|---|---|---|"]
+    lines += [f"| {p} | {t} | {w} |" for p, t, w in rows()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    PAGE.write_text(render())
+    print(f"wrote {PAGE}")
