@@ -95,8 +95,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        data = load_yaml(path)  # its errors name the file already
         try:
-            return cls.from_dict(load_yaml(path))
+            return cls.from_dict(data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
 

@@ -329,3 +329,13 @@ def test_resume_with_a_damaged_last_and_nothing_older_names_the_file(finished_ru
     assert "no usable checkpoint" in err and "last.old: missing" in err and "selmem eval" in err
 
 
+
+
+def test_a_bad_config_names_its_file_once(tmp_path):
+    from selmem.experiment import ExperimentConfig
+
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    with pytest.raises(ValueError) as err:
+        ExperimentConfig.from_yaml(path)
+    assert str(err.value).count(str(path)) == 1, str(err.value)
