@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from selmem import losses
+from selmem import decode as decoding
+from selmem import losses, packing
 from selmem.config import SelmemConfig
+from selmem.decode import DecodeCache
 from selmem.layers import Block, RMSNorm
 from selmem.memory import credit
 from selmem.memory.address import Address
@@ -107,7 +109,8 @@ class SelectiveMemoryTransformer(nn.Module):
         writes, layer_stats = [], []
         for l, block in enumerate(self.blocks):
             slots, usage, age = state.slots[l], state.usage[l], state.age[l]
-            prefix, bias = read_prefix(self.read[l], slots, usage, None if hints is None else hints[l])  # memory before writes
+            hint = None if hints is None else hints[l]
+            prefix, bias = read_prefix(self.read[l], slots, usage, hint)  # the memory before this segment's writes
             h, read = block(h, prefix, prefix_bias=bias)  # head A: (B, T, d), read attention (B, T, M+R)
             w = write(self.parts(l), self.cfg, h, slots, usage, age, state.provenance[l], pos, read,  # head B .. update
                       None if self.slot_decay is None else self.slot_decay[l], mask)
@@ -121,6 +124,15 @@ class SelectiveMemoryTransformer(nn.Module):
                            [w.rec for w in writes])
         stats = {"start": state.position.clone(), "layers": layer_stats}
         return Output(logits, new_state, stats, aux, [w.score for w in writes])
+
+    def decode(self, tokens: Tensor, cache: DecodeCache | None = None,
+               segment_len: int | None = None) -> tuple[Tensor, DecodeCache]:
+        """Incremental inference: tokens (B, t) after what ``cache`` has seen (None: a new stream
+        with segments of ``segment_len``) -> logits (B, t, V), the updated cache. Any chunking gives
+        ``forward_sequence``'s logits; the memory is written whenever a segment fills (decode.py)."""
+        if cache is None:
+            cache = decoding.new_cache(self, tokens.shape[0], segment_len, device=tokens.device)
+        return decoding.decode(self, tokens, cache)
 
     def parts(self, l: int) -> Parts:
         """Layer l's memory parts, as ``memory.layer.write`` takes them."""
@@ -154,15 +166,26 @@ class SelectiveMemoryTransformer(nn.Module):
     # ------------------------------------------------------------------------------------------
     def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,
                          state: MemoryState | None = None, answer_mask: Tensor | None = None,
-                         answer_targets: Tensor | None = None) -> Output:
+                         answer_targets: Tensor | None = None, attention_mask: Tensor | None = None,
+                         reset: Tensor | None = None, doc_ids: Tensor | None = None) -> Output:
         """Stream a whole sequence (B, N) through ``forward`` in segments of ``segment_len``
         (default max_segment_len; the last may be shorter), detaching the state every
         ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments.
 
         answer_mask (B, N) bool and answer_targets (B, N) long, the scored positions of a training
         batch and their targets: with ``credit`` 'read' or 'probe' they add head B's credit loss
-        (memory/credit.py) to ``losses`` ('credit', and 'probe' for the probe's own loss)."""
-        out = run_segments(self, tokens, segment_len, state)
+        (memory/credit.py) to ``losses`` ('credit', and 'probe' for the probe's own loss).
+
+        Padded and packed rows (packing.py): attention_mask (B, N) bool, False = padding anywhere
+        in a row; reset (B, N) bool, True where a document starts, or doc_ids (B, N) a document id
+        per position. Each row then runs its own segments, cut at document starts, with a fresh
+        memory for each document: every document's logits are those it gets alone, a padded row's
+        those of the row unpadded. Logits at padding are 0."""
+        if attention_mask is None and reset is None and doc_ids is None:
+            out = run_segments(self, tokens, segment_len, state)
+        else:
+            out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
+                                       reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids))
         cfg = self.cfg
         if answer_mask is None or cfg.credit == "none" or cfg.lambda_credit == 0:
             return out
@@ -180,6 +203,39 @@ class SelectiveMemoryTransformer(nn.Module):
         out.losses["credit"] = c
         out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c
         return out
+
+    def _forward_packed(self, tokens: Tensor, seg: int, state: MemoryState | None, valid: Tensor | None,
+                        starts: Tensor | None) -> Output:
+        """forward_sequence for padded/packed rows: the steps of packing.schedule, then every
+        step's logits and scores put back at their row positions."""
+        if not 1 <= seg <= self.cfg.max_segment_len:
+            raise ValueError(f"segment_len must be in [1, max_segment_len={self.cfg.max_segment_len}], got {seg}")
+        B, N = tokens.shape
+        valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.bool()
+        starts = torch.zeros_like(valid) if starts is None else starts.bool()
+        state = state if state is not None else self.init_state(B, tokens.device)
+        fresh = self.init_state(B, tokens.device)
+        outs, where, K = [], [], self.cfg.bptt_segments
+        for i, step in enumerate(packing.schedule(valid, starts, seg)):
+            if K and i and i % K == 0:
+                state = state.detach()  # truncated BPTT boundary
+            state = state.where(step.reset, fresh)  # a document starts: a fresh memory for its row
+            x = tokens.gather(1, step.index)
+            out = self(x, state, None if bool(step.mask.all()) else step.mask)
+            state = out.state
+            outs.append(out)
+            rows = torch.arange(B, device=tokens.device)[:, None].expand_as(step.index)
+            where.append(((rows * N + step.index)[step.mask], step.mask))
+        flat = torch.cat([w for w, _ in where])
+
+        def scatter(parts: list[Tensor]) -> Tensor:  # (B, t, ...) per step -> (B, N, ...)
+            vals = torch.cat([p[m] for p, (_, m) in zip(parts, where, strict=True)])
+            return vals.new_zeros(B * N, *vals.shape[1:]).index_copy(0, flat, vals).view(B, N, *vals.shape[1:])
+
+        logits = scatter([o.logits for o in outs])
+        scores = [scatter([o.scores[l] for o in outs]) for l in range(self.cfg.n_layers)]
+        aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
+        return Output(logits, state, {"segments": [o.stats for o in outs]}, aux, scores)
 
     def _check(self, tokens: Tensor, state: MemoryState | None, mask: Tensor | None = None) -> MemoryState:
         """Validate a segment and its state at the boundary, with messages that say what to pass."""
