@@ -110,7 +110,9 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
                                                  doc_ids=doc_ids).logits
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            pred = logits[:, :-1].flatten(0, 1)
+            pred = pred if pred.dtype == torch.float64 else pred.float()  # half precision: upcast the loss
+            loss = F.cross_entropy(pred, labels[:, 1:].flatten(), ignore_index=-100)
         return SelmemCausalLMOutput(loss=loss, logits=logits, cache=cache)
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, cache: DecodeCache | None = None,
