@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from selmem.layers import BlockCache
+from selmem.layers import BlockCache, rotary_table
 from selmem.memory.layer import read_prefix, write
 from selmem.state import MemoryState
 
@@ -43,6 +43,7 @@ class DecodeCache:
     blocks: list[BlockCache | None] = field(default_factory=list)  # per layer conv tail, (k, v)
     features: list[list[Tensor]] = field(default_factory=list)  # per layer chunks of (B, t, d)
     reads: list[list[Tensor]] = field(default_factory=list)  # per layer chunks of (B, t, S)
+    rope: tuple[Tensor, Tensor] | None = None  # rotary cos, sin for segment positions 0..T-1
 
     @property
     def batch_size(self) -> int:
@@ -101,8 +102,11 @@ def _chunk(model, tokens: Tensor, cache: DecodeCache) -> Tensor:
     if cache.length == 0:
         _open(model, cache)
     h = model.embed(tokens.long())  # (B, t, d)
+    if cache.rope is None:
+        D = model.cfg.d_model // model.cfg.n_heads
+        cache.rope = rotary_table(0, cache.segment_len, D, h.dtype, h.device)
     for l, block in enumerate(model.blocks):
-        h, read, cache.blocks[l] = block.step(h, cache.prefix[l], cache.blocks[l], cache.bias[l])
+        h, read, cache.blocks[l] = block.step(h, cache.prefix[l], cache.blocks[l], cache.bias[l], cache.rope)
         cache.features[l].append(h)
         if read is not None:
             cache.reads[l].append(read)

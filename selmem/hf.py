@@ -18,6 +18,7 @@ it (``credit`` is set to 'none'; forward never used the probe).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 try:
@@ -33,6 +34,7 @@ from torch import Tensor
 from selmem.config import SelmemConfig
 from selmem.decode import DecodeCache
 from selmem.model import SelectiveMemoryTransformer
+from selmem.train.checkpoint import TRAIN_ONLY
 
 
 class SelmemHFConfig(PreTrainedConfig):
@@ -129,6 +131,18 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
         model_kwargs["cache"] = outputs.cache
         return model_kwargs
+
+
+def export_run(run: str | Path, out: str | Path, ckpt: str = "best") -> Path:
+    """Write a ``selmem train`` run's checkpoint as a Hugging Face folder at ``out``: the model's
+    weights without the train-time probe, its config, and the run's segment length."""
+    from selmem.cli import _selmem_run
+
+    exp, model = _selmem_run(str(run), ckpt)
+    hf = SelmemForCausalLM(SelmemHFConfig.from_selmem(model.cfg, segment_len=exp.segment_len()))
+    hf.model.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(TRAIN_ONLY)})
+    hf.save_pretrained(out)
+    return Path(out)
 
 
 AutoConfig.register("selmem", SelmemHFConfig, exist_ok=True)
