@@ -31,6 +31,9 @@ class Batch:
     source:    (B, N, 2) long, for each scored position the half-open span [start, end) of input
                positions holding what its answer needs (for read hit rate); -1 where unknown.
                None where the task cannot say.
+    reset:     (B, N) bool, True where a new document starts in a packed row: a model that
+               takes it (selmem's forward_sequence(reset=...)) starts that document with a fresh
+               memory. None for rows of one document.
     """
 
     tokens: Tensor
@@ -38,6 +41,7 @@ class Batch:
     loss_mask: Tensor
     relevant: Tensor | None = None
     source: Tensor | None = None
+    reset: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """Move every tensor to ``device``."""

@@ -55,6 +55,7 @@ def make_batch(
     loss_mask: np.ndarray,
     relevant: np.ndarray | None = None,
     source: np.ndarray | None = None,
+    reset: np.ndarray | None = None,
 ) -> Batch:
     """Turn numpy arrays (B, N) / (B, N, 2) into a :class:`Batch` of long/bool torch tensors.
 
@@ -71,6 +72,7 @@ def make_batch(
         source=None
         if source is None
         else torch.from_numpy(np.ascontiguousarray(source, dtype=np.int64)),
+        reset=None if reset is None else torch.from_numpy(np.ascontiguousarray(reset, dtype=np.bool_)),
     )
 
 

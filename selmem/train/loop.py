@@ -60,6 +60,14 @@ def credit_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
     return {"answer_mask": batch.loss_mask, "answer_targets": batch.targets}
 
 
+def reset_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """Packed rows (batch.reset) restart selmem's memory at each document start; the baselines
+    take no resets and stream the row as one."""
+    if batch.reset is None or not isinstance(model, SelectiveMemoryTransformer):
+        return {}
+    return {"reset": batch.reset}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: torch.device) -> dict[str, float]:
     """Loss (nats per scored token), accuracy, bits per scored token, and memory diagnostics
@@ -70,7 +78,7 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
     mem: dict[str, list[float]] = {}
     for batch in batches:
         batch = batch.to(device)
-        out = model.forward_sequence(batch.tokens, segment_len)
+        out = model.forward_sequence(batch.tokens, segment_len, **reset_kwargs(model, batch))
         loss, right, n = task_loss(out.logits, batch)
         total, correct, count = total + float(loss) * n, correct + int(right), count + n
         for k, v in memory_metrics(out.stats, batch).items():
@@ -128,7 +136,7 @@ class Trainer:
         last_eval: dict[str, float] = {}
         while step < tc.steps:
             batch = task.batch("train", step, tc.batch_size).to(self.device)
-            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch))
+            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch), **reset_kwargs(model, batch))
             loss, right, n = task_loss(out.logits, batch)
             total = loss + out.losses["aux"]
             if not torch.isfinite(total):
