@@ -143,6 +143,11 @@ class SelectiveMemory(nn.Module):
     ``read='prefix'`` leaves the read to a host block that takes ``self.prefix(state, hints)`` as
     extra keys/values, and ``forward`` then needs that block's read attention (``read_attn``) for
     the usage it adds. The last layer of the stack advances ``state.position`` by T.
+
+    stats: the layer's entry of ``Output.stats["layers"]`` (model.py: gate, score, write, read,
+    usage, age, ...), detached, and ``stats["losses"]``: the unweighted 'sparsity' and
+    'reconstruction' losses of this layer, not detached, to add to a training loss with the
+    config's lambda_sparse and lambda_rec.
     """
 
     def __init__(self, cfg: SelmemConfig, layer_idx: int = 0, read: Literal["cross", "prefix"] = "cross") -> None:
