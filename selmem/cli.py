@@ -220,7 +220,9 @@ class GenerateArgs:
     """Do not print the sample (for timing with --stats)."""
 
 
-def _selmem_run(run: str, ckpt: str):
+def load_selmem_run(run: str, ckpt: str = "best"):
+    """(experiment, selmem model with the checkpoint's weights) of a run folder; ValueError for a
+    baseline's run."""
     from selmem.model import SelectiveMemoryTransformer
 
     exp, model, _ = load_run(run, ckpt)
@@ -235,7 +237,7 @@ def cmd_generate(args: list[str]) -> int:
     from selmem.generate import encode_prompt, stream
 
     a = tyro.cli(GenerateArgs, args=args, prog="selmem generate")
-    exp, model = _selmem_run(a.run, a.ckpt)
+    exp, model = load_selmem_run(a.run, a.ckpt)
     if a.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     torch.set_num_threads(exp.train.threads or torch.get_num_threads())

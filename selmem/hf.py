@@ -136,9 +136,9 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
 def export_run(run: str | Path, out: str | Path, ckpt: str = "best") -> Path:
     """Write a ``selmem train`` run's checkpoint as a Hugging Face folder at ``out``: the model's
     weights without the train-time probe, its config, and the run's segment length."""
-    from selmem.cli import _selmem_run
+    from selmem.cli import load_selmem_run
 
-    exp, model = _selmem_run(str(run), ckpt)
+    exp, model = load_selmem_run(str(run), ckpt)
     hf = SelmemForCausalLM(SelmemHFConfig.from_selmem(model.cfg, segment_len=exp.segment_len()))
     hf.model.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(TRAIN_ONLY)})
     hf.save_pretrained(out)
