@@ -27,6 +27,8 @@ commands:
   bench     speed and memory of every model    selmem bench --config configs/cpu.yaml
   report    comparisons -> docs/RESULTS.md      selmem report runs/compare-NAME
   tasks     list tasks and their parameters    selmem tasks
+  generate  sample from a trained run          selmem generate runs/NAME --prompt "def "
+  export    a run -> Hugging Face folder       selmem export runs/NAME runs/NAME-hf
 
 `selmem <command> --help` lists every option."""
 
@@ -221,10 +223,95 @@ def cmd_tasks(args: list[str]) -> int:
     return 0
 
 
+@dataclass
+class GenerateArgs:
+    """Print a sample from a trained selmem run, streamed token by token at constant memory."""
+
+    run: tyro.conf.Positional[str]
+    """Run folder (runs/NAME) of a selmem model."""
+    prompt: str = "import "
+    """Text to continue (bytes for a byte-level model such as code-lm; else token ids separated by spaces)."""
+    max_new_tokens: int = 500
+    """Tokens to generate; the memory stays the same size for any number."""
+    temperature: float = 0.8
+    """Sampling temperature; 0 = greedy."""
+    top_k: int = 0
+    """Sample among the k most likely tokens (0 = all)."""
+    seed: int = 0
+    """Seed of the sampler."""
+    ckpt: str = "best"
+    """Which checkpoint: best or last."""
+    device: str = "cpu"
+    """Device to run on (cpu, cuda)."""
+    stats: bool = False
+    """Write tokens/s, cache floats and peak memory at 10, 100, 1000, ... tokens to stderr."""
+    quiet: bool = False
+    """Do not print the sample (for timing with --stats)."""
+
+
+def load_selmem_run(run: str, ckpt: str = "best"):
+    """(experiment, selmem model with the checkpoint's weights) of a run folder; ValueError for a
+    baseline's run."""
+    from selmem.model import SelectiveMemoryTransformer
+
+    exp, model, _ = load_run(run, ckpt)
+    if not isinstance(model, SelectiveMemoryTransformer):
+        raise ValueError(f"{run} is a {exp.arch} run; generate and export need a selmem model")
+    return exp, model
+
+
+def cmd_generate(args: list[str]) -> int:
+    import torch
+
+    from selmem.generate import encode_prompt, stream
+
+    a = tyro.cli(GenerateArgs, args=args, prog="selmem generate")
+    exp, model = load_selmem_run(a.run, a.ckpt)
+    if a.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    torch.set_num_threads(exp.train.threads or torch.get_num_threads())
+    prompt = encode_prompt(a.prompt, model.cfg.vocab_size)
+    if not a.quiet:
+        sys.stdout.write(a.prompt if model.cfg.vocab_size == 256 else a.prompt + " ")
+    out = _Discard() if a.quiet else sys.stdout
+    stream(model.to(a.device), prompt, a.max_new_tokens, a.temperature, a.top_k, a.seed, exp.segment_len(),
+           out=out, stats=sys.stderr if a.stats else None)
+    return 0
+
+
+class _Discard:
+    def write(self, s: str) -> int:
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+@dataclass
+class ExportArgs:
+    """Convert a selmem run's checkpoint to a Hugging Face folder (config.json + model.safetensors)."""
+
+    run: tyro.conf.Positional[str]
+    """Run folder (runs/NAME) of a selmem model."""
+    out: tyro.conf.Positional[str]
+    """Folder to write; load it with AutoModelForCausalLM.from_pretrained after `import selmem.hf`."""
+    ckpt: str = "best"
+    """Which checkpoint: best or last."""
+
+
+def cmd_export(args: list[str]) -> int:
+    a = tyro.cli(ExportArgs, args=args, prog="selmem export")
+    from selmem.hf import export_run
+
+    path = export_run(a.run, a.out, a.ckpt)
+    print(f"wrote {path} (config.json, model.safetensors)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "ablate": cmd_ablate, "length": cmd_length,
-    "bench": cmd_bench,
-    "report": cmd_report, "tasks": cmd_tasks, "inspect": cmd_inspect,
+    "bench": cmd_bench, "report": cmd_report, "tasks": cmd_tasks, "inspect": cmd_inspect, "generate": cmd_generate,
+    "export": cmd_export,
 }
 
 

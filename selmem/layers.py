@@ -24,12 +24,22 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def rotary(x: Tensor, offset: int = 0) -> Tensor:
-    """Rotary position embedding over the T axis of x (B, H, T, D), positions offset..offset+T-1."""
+def rotary_table(start: int, end: int, D: int, dtype: torch.dtype, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """cos, sin (end - start, D/2) of the rotary angles at positions start..end-1 (row i of the
+    table for 0..T-1 equals the table for i..i+1 exactly: a decoder computes it once a stream)."""
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2, device=device, dtype=dtype) / D))
+    ang = torch.arange(start, end, device=device, dtype=dtype)[:, None] * inv  # (T, D/2)
+    return ang.cos(), ang.sin()
+
+
+def rotary(x: Tensor, offset: int = 0, table: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Rotary position embedding over the T axis of x (B, H, T, D), positions offset..offset+T-1
+    (from ``table``, a ``rotary_table`` from 0, when given)."""
     T, D = x.shape[-2], x.shape[-1]
-    inv = 1.0 / (10000 ** (torch.arange(0, D, 2, device=x.device, dtype=x.dtype) / D))
-    ang = torch.arange(offset, offset + T, device=x.device, dtype=x.dtype)[:, None] * inv  # (T, D/2)
-    cos, sin = ang.cos(), ang.sin()
+    if table is None:
+        cos, sin = rotary_table(offset, offset + T, D, x.dtype, x.device)
+    else:
+        cos, sin = table[0][offset : offset + T], table[1][offset : offset + T]
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
@@ -80,6 +90,46 @@ class Attention(nn.Module):
         y = (probs @ v).transpose(1, 2).reshape(B, T, d)
         read = probs[..., :S].mean(1) if prefix is not None else None  # (B, T, S)
         return self.out(y), read
+
+    def prefix_kv(self, prefix: Tensor) -> tuple[Tensor, Tensor]:
+        """prefix (B, S, d) -> its keys and values, each (B, H, S, D): computed once per segment
+        when decoding token by token (the prefix does not change inside a segment)."""
+        if self.kv_prefix is None:
+            raise ValueError("this Attention was built with prefix=False and cannot read a prefix")
+        B, S, d = prefix.shape
+        pk, pv = self.kv_prefix(prefix).view(B, S, 2, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        return pk, pv
+
+    def step(self, x: Tensor, prefix_kv: tuple[Tensor, Tensor] | None, past: tuple[Tensor, Tensor] | None,
+             prefix_bias: Tensor | None = None,
+             rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+        """``forward`` for the next t tokens of a segment whose first n tokens' keys and values are
+        ``past`` (each (B, H, n, D), rotary already applied), or None when n = 0. x (B, t, d) ->
+        output (B, t, d), prefix attention (B, t, S) or None, and the keys/values of all n + t
+        tokens. The same numbers as ``forward`` on the whole segment, at segment positions n.."""
+        B, t, d = x.shape
+        H = self.n_heads
+        n = past[0].shape[2] if past is not None else 0
+        q, k, v = self.qkv(x).view(B, t, 3, H, d // H).permute(2, 0, 3, 1, 4)  # each (B, H, t, D)
+        q, k = rotary(q, n, rope), rotary(k, n, rope)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, n+t, D)
+        kk, vv, S = k, v, 0
+        if prefix_kv is not None:
+            S = prefix_kv[0].shape[2]
+            kk, vv = torch.cat([prefix_kv[0], k], dim=2), torch.cat([prefix_kv[1], v], dim=2)
+        scores = q @ kk.transpose(-1, -2) / math.sqrt(d // H)  # (B, H, t, S+n+t)
+        if prefix_bias is not None and S:
+            bias = torch.cat([prefix_bias, prefix_bias.new_zeros(B, n + t)], dim=1)
+            scores = scores + bias[:, None, None, :]
+        if self.causal:  # token n+i sees segment tokens 0..n+i
+            future = torch.ones(t, n + t, dtype=torch.bool, device=x.device).triu(n + 1)
+            mask = torch.cat([torch.zeros(t, S, dtype=torch.bool, device=x.device), future], dim=1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        probs = scores.softmax(-1)
+        y = (probs @ vv).transpose(1, 2).reshape(B, t, d)
+        read = probs[..., :S].mean(1) if S else None
+        return self.out(y), read, (k, v)
 
 
 class MLP(nn.Module):
@@ -139,3 +189,31 @@ class Block(nn.Module):
         a, read = self.attn(self.norm1(x), p, rope=rope, prefix_bias=prefix_bias)
         x = x + a
         return x + self.mlp(self.norm2(x)), read
+
+    def prefix_kv(self, prefix: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """The attention keys/values of a prefix (B, S, d), for ``step``; None for no prefix."""
+        if prefix is None:
+            return None
+        return self.attn.prefix_kv(self.prefix_norm(prefix) if self.prefix_norm is not None else prefix)
+
+    def step(self, x: Tensor, prefix_kv: tuple[Tensor, Tensor] | None, past: BlockCache | None,
+             prefix_bias: Tensor | None = None,
+             rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None, BlockCache]:
+        """``forward`` for the next t tokens x (B, t, d) of a segment, given the cache of its earlier
+        tokens (None at the segment start) -> (B, t, d), prefix attention (B, t, S) or None, and the
+        cache after them: the last k-1 conv inputs and the keys/values (constant size per segment)."""
+        tail, kv = past if past is not None else (None, None)
+        if self.conv is not None:
+            xn = self.norm0(x)
+            if tail is not None:
+                xn = torch.cat([tail, xn], dim=1)  # the zero padding of ShortConv is the segment start
+            x = x + self.conv(xn)[:, -x.shape[1]:]
+            tail = xn[:, -(self.conv.kernel - 1):]
+        a, read, kv = self.attn.step(self.norm1(x), prefix_kv, kv, prefix_bias, rope)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), read, (tail, kv)
+
+
+#: what ``Block.step`` keeps of a segment's earlier tokens: the short conv's last k-1 (normed)
+#: inputs or None, and the attention keys/values, each (B, H, n, D)
+BlockCache = tuple[Tensor | None, tuple[Tensor, Tensor]]

@@ -12,16 +12,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from selmem import losses
+from selmem import decode as decoding
+from selmem import losses, packing
 from selmem.config import SelmemConfig
+from selmem.decode import DecodeCache
 from selmem.layers import Block, RMSNorm
 from selmem.memory import credit
 from selmem.memory.address import Address
 from selmem.memory.cache_transform import CacheTransform
 from selmem.memory.compress import Compress
+from selmem.memory.layer import Parts, read_prefix, write
+from selmem.memory.layer import layer_stats as layer_stats_of
 from selmem.memory.read import Read
-from selmem.memory.select import Select, budget
-from selmem.memory.update import update
+from selmem.memory.select import Select
 from selmem.state import MemoryState, NonFiniteState
 
 
@@ -83,17 +86,7 @@ class SelectiveMemoryTransformer(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
         """A fresh state for ``batch_size`` streams. Its slots stay attached to the learned
         initial slots, so they receive gradients."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        device = device or self.init_slots.device
-        L, M, _ = self.init_slots.shape
-        zeros = torch.zeros(L, batch_size, M, device=device, dtype=self.init_slots.dtype)
-        return MemoryState(
-            slots=self.init_slots.to(device).unsqueeze(1).expand(L, batch_size, *self.init_slots.shape[1:]),
-            usage=zeros, age=zeros.clone(),
-            provenance=torch.full((L, batch_size, M), -1, dtype=torch.long, device=device),
-            position=torch.zeros(batch_size, dtype=torch.long, device=device),
-        )
+        return MemoryState.fresh(self.init_slots, batch_size, device)
 
     def state_size(self, seq_len: int | None = None) -> int:
         """Floats carried per sequence between segments, whatever ``seq_len`` (accepted so every
@@ -101,49 +94,59 @@ class SelectiveMemoryTransformer(nn.Module):
         return self.cfg.state_floats()
 
     # ------------------------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, state: MemoryState | None = None) -> Output:
-        """Process one segment. tokens (B, T) long, T <= max_segment_len."""
-        state = self._check(tokens, state)
+    def forward(self, tokens: Tensor, state: MemoryState | None = None, mask: Tensor | None = None) -> Output:
+        """Process one segment. tokens (B, T) long, T <= max_segment_len.
+
+        mask (B, T) bool or None: False marks padding after a row's tokens (right padding). Padding
+        writes nothing, its reads do not count in usage, and it does not advance the row's position;
+        a row with no real token keeps its state. Its logits are meaningless."""
+        state = self._check(tokens, state, mask)
         tokens = tokens.long()  # _check accepts int16/uint8 ids too; nn.Embedding takes int64/int32 only
-        cfg, M = self.cfg, self.cfg.slots
         T = tokens.shape[1]
         pos = state.position[:, None] + torch.arange(T, device=tokens.device)  # (B, T) absolute
         hints = self.cache_transform(state.slots)  # (L, B, R, d_mem) or None: top-down hints
         h = self.embed(tokens)  # (B, T, d)
-        new, layer_stats, gates, scores, rec = [], [], [], [], []
+        writes, layer_stats = [], []
         for l, block in enumerate(self.blocks):
             slots, usage, age = state.slots[l], state.usage[l], state.age[l]
-            prefix = self.read[l](slots, None if hints is None else hints[l])  # memory before writes
-            bias = self.read[l].bias(usage, 0 if hints is None else hints.shape[2])  # (B, M+R) or None
+            hint = None if hints is None else hints[l]
+            prefix, bias = read_prefix(self.read[l], slots, usage, hint)  # the memory before this segment's writes
             h, read = block(h, prefix, prefix_bias=bias)  # head A: (B, T, d), read attention (B, T, M+R)
-            g, score = self.select[l](h)  # head B: (B, T)
-            cand = self.compress[l](h, g)  # (B, C, d_mem) candidates
-            if cfg.select == "topk":  # the write budget holds on candidates too (attnpool spreads tokens)
-                cand = cand._replace(gate=budget(cand.gate, cfg.topk))
-            cand_pos = pos.gather(1, cand.position)  # (B, C)
-            w = self.address[l](cand.values, cand.gate, slots, usage, age, cand_pos)  # (B, C, M)
-            a = cand.gate[..., None] * w  # (B, C, M) write strength
-            read_mass = read[..., :M].mean(1) if read is not None else torch.zeros_like(usage)
-            decay = torch.sigmoid(self.slot_decay[l]) if self.slot_decay is not None else None
-            out = update(slots, usage, age, state.provenance[l], cand.values, a, cand_pos,
-                         read_mass, cfg.usage_decay, decay, gate=cand.gate)
-            new.append(out)
-            gates.append(g)
-            scores.append(score)
-            rec.append(losses.reconstruction(self.decoder[l](cand.values), cand.feature, cand.gate))
-            layer_stats.append(_detached(gate=g, score=score, cand_gate=cand.gate, cand_pos=cand_pos,
-                                         write=a, contrib=out.contrib, kept=out.kept, read=read,
-                                         provenance_read=state.provenance[l], usage=out.usage,
-                                         age=out.age, provenance=out.provenance))
+            w = write(self.parts(l), self.cfg, h, slots, usage, age, state.provenance[l], pos, read,  # head B .. update
+                      None if self.slot_decay is None else self.slot_decay[l], mask)
+            writes.append(w)
+            layer_stats.append(layer_stats_of(w, read, state.provenance[l]))
         logits = self.head(self.norm(h))  # (B, T, V)
-        new_state = MemoryState(
-            slots=torch.stack([o.slots for o in new]), usage=torch.stack([o.usage for o in new]),
-            age=torch.stack([o.age for o in new]), provenance=torch.stack([o.provenance for o in new]),
-            position=state.position + T,
-        )
-        aux = self._losses(tokens, state, gates, scores, rec)
+        new_state = self._stack(state, writes, T if mask is None else mask.sum(1))
+        if mask is not None:
+            new_state = new_state.where(~mask.any(1), state)  # rows of padding only: nothing happened
+        aux = self._losses(tokens, state, [w.gate for w in writes], [w.score for w in writes],
+                           [w.rec for w in writes])
         stats = {"start": state.position.clone(), "layers": layer_stats}
-        return Output(logits, new_state, stats, aux, scores)
+        return Output(logits, new_state, stats, aux, [w.score for w in writes])
+
+    def decode(self, tokens: Tensor, cache: DecodeCache | None = None,
+               segment_len: int | None = None) -> tuple[Tensor, DecodeCache]:
+        """Incremental inference: tokens (B, t) after what ``cache`` has seen (None: a new stream
+        with segments of ``segment_len``) -> logits (B, t, V), the updated cache. Any chunking gives
+        ``forward_sequence``'s logits; the memory is written whenever a segment fills (decode.py)."""
+        if cache is None:
+            cache = decoding.new_cache(self, tokens.shape[0], segment_len, device=tokens.device)
+        return decoding.decode(self, tokens, cache)
+
+    def parts(self, l: int) -> Parts:
+        """Layer l's memory parts, as ``memory.layer.write`` takes them."""
+        return Parts(self.read[l], self.select[l], self.compress[l], self.address[l], self.decoder[l])
+
+    @staticmethod
+    def _stack(state: MemoryState, writes: list, advance: int | Tensor) -> MemoryState:
+        """The new state from each layer's write."""
+        o = [w.written for w in writes]
+        return MemoryState(
+            slots=torch.stack([x.slots for x in o]), usage=torch.stack([x.usage for x in o]),
+            age=torch.stack([x.age for x in o]), provenance=torch.stack([x.provenance for x in o]),
+            position=state.position + advance,
+        )
 
     def _losses(self, tokens: Tensor, state: MemoryState, gates: list[Tensor], scores: list[Tensor],
                 rec: list[Tensor]) -> dict[str, Tensor]:
@@ -163,15 +166,26 @@ class SelectiveMemoryTransformer(nn.Module):
     # ------------------------------------------------------------------------------------------
     def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,
                          state: MemoryState | None = None, answer_mask: Tensor | None = None,
-                         answer_targets: Tensor | None = None) -> Output:
+                         answer_targets: Tensor | None = None, attention_mask: Tensor | None = None,
+                         reset: Tensor | None = None, doc_ids: Tensor | None = None) -> Output:
         """Stream a whole sequence (B, N) through ``forward`` in segments of ``segment_len``
         (default max_segment_len; the last may be shorter), detaching the state every
         ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments.
 
         answer_mask (B, N) bool and answer_targets (B, N) long, the scored positions of a training
         batch and their targets: with ``credit`` 'read' or 'probe' they add head B's credit loss
-        (memory/credit.py) to ``losses`` ('credit', and 'probe' for the probe's own loss)."""
-        out = run_segments(self, tokens, segment_len, state)
+        (memory/credit.py) to ``losses`` ('credit', and 'probe' for the probe's own loss).
+
+        Padded and packed rows (packing.py): attention_mask (B, N) bool, False = padding anywhere
+        in a row; reset (B, N) bool, True where a document starts, or doc_ids (B, N) a document id
+        per position. Each row then runs its own segments, cut at document starts, with a fresh
+        memory for each document: every document's logits are those it gets alone, a padded row's
+        those of the row unpadded. Logits at padding are 0."""
+        if attention_mask is None and reset is None and doc_ids is None:
+            out = run_segments(self, tokens, segment_len, state)
+        else:
+            out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
+                                       reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids))
         cfg = self.cfg
         if answer_mask is None or cfg.credit == "none" or cfg.lambda_credit == 0:
             return out
@@ -190,7 +204,40 @@ class SelectiveMemoryTransformer(nn.Module):
         out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c
         return out
 
-    def _check(self, tokens: Tensor, state: MemoryState | None) -> MemoryState:
+    def _forward_packed(self, tokens: Tensor, seg: int, state: MemoryState | None, valid: Tensor | None,
+                        starts: Tensor | None) -> Output:
+        """forward_sequence for padded/packed rows: the steps of packing.schedule, then every
+        step's logits and scores put back at their row positions."""
+        if not 1 <= seg <= self.cfg.max_segment_len:
+            raise ValueError(f"segment_len must be in [1, max_segment_len={self.cfg.max_segment_len}], got {seg}")
+        B, N = tokens.shape
+        valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.bool()
+        starts = torch.zeros_like(valid) if starts is None else starts.bool()
+        state = state if state is not None else self.init_state(B, tokens.device)
+        fresh = self.init_state(B, tokens.device)
+        outs, where, K = [], [], self.cfg.bptt_segments
+        for i, step in enumerate(packing.schedule(valid, starts, seg)):
+            if K and i and i % K == 0:
+                state = state.detach()  # truncated BPTT boundary
+            state = state.where(step.reset, fresh)  # a document starts: a fresh memory for its row
+            x = tokens.gather(1, step.index)
+            out = self(x, state, None if bool(step.mask.all()) else step.mask)
+            state = out.state
+            outs.append(out)
+            rows = torch.arange(B, device=tokens.device)[:, None].expand_as(step.index)
+            where.append(((rows * N + step.index)[step.mask], step.mask))
+        flat = torch.cat([w for w, _ in where])
+
+        def scatter(parts: list[Tensor]) -> Tensor:  # (B, t, ...) per step -> (B, N, ...)
+            vals = torch.cat([p[m] for p, (_, m) in zip(parts, where, strict=True)])
+            return vals.new_zeros(B * N, *vals.shape[1:]).index_copy(0, flat, vals).view(B, N, *vals.shape[1:])
+
+        logits = scatter([o.logits for o in outs])
+        scores = [scatter([o.scores[l] for o in outs]) for l in range(self.cfg.n_layers)]
+        aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
+        return Output(logits, state, {"segments": [o.stats for o in outs]}, aux, scores)
+
+    def _check(self, tokens: Tensor, state: MemoryState | None, mask: Tensor | None = None) -> MemoryState:
         """Validate a segment and its state at the boundary, with messages that say what to pass."""
         cfg = self.cfg
         if not isinstance(tokens, Tensor):
@@ -207,6 +254,13 @@ class SelectiveMemoryTransformer(nn.Module):
         if T > cfg.max_segment_len:
             raise ValueError(f"segment of length {T} exceeds max_segment_len={cfg.max_segment_len}; "
                              "use forward_sequence(tokens, segment_len) to stream a longer input")
+        if mask is not None:
+            if mask.shape != tokens.shape or mask.dtype != torch.bool:
+                raise ValueError(f"mask must be a bool tensor shaped like tokens {tuple(tokens.shape)}, "
+                                 f"got {mask.dtype} {tuple(mask.shape)}")
+            if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+                raise ValueError("mask must be right padding (True then False in each row); for padding "
+                                 "anywhere use forward_sequence(tokens, attention_mask=...)")
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={cfg.vocab_size}), got range [{lo}, {hi}]")
@@ -260,10 +314,6 @@ def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, stat
     if getattr(outs[0], "scores", None) is not None:
         scores = [torch.cat([o.scores[l] for o in outs], dim=1) for l in range(len(outs[0].scores))]
     return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux, scores)
-
-
-def _detached(**tensors: Tensor | None) -> dict[str, Tensor | None]:
-    return {k: (v.detach() if v is not None else None) for k, v in tensors.items()}
 
 
 def _describe(x: Any) -> str:

@@ -48,6 +48,37 @@ class MemoryState:
     def n_layers(self) -> int:
         return self.slots.shape[0]
 
+    @classmethod
+    def fresh(cls, init_slots: Tensor, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
+        """A new state for ``batch_size`` streams from initial slots (L, M, d_mem): zero usage and
+        age, no provenance. The slots stay attached to ``init_slots``, so they receive gradients."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        device = device or init_slots.device
+        L, M, _ = init_slots.shape
+        zeros = torch.zeros(L, batch_size, M, device=device, dtype=init_slots.dtype)
+        return cls(slots=init_slots.to(device).unsqueeze(1).expand(L, batch_size, *init_slots.shape[1:]),
+                   usage=zeros, age=zeros.clone(),
+                   provenance=torch.full((L, batch_size, M), -1, dtype=torch.long, device=device),
+                   position=torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def with_layer(self, l: int, slots: Tensor, usage: Tensor, age: Tensor, provenance: Tensor,
+                   advance: int | Tensor = 0) -> MemoryState:
+        """A new state with layer l's memory replaced ((B, M, d_mem), (B, M) x 3) and the position
+        advanced by ``advance`` tokens; no tensor is changed in place."""
+        def put(old: Tensor, new: Tensor) -> Tensor:
+            return torch.cat([old[:l], new[None], old[l + 1 :]])
+        return MemoryState(put(self.slots, slots), put(self.usage, usage), put(self.age, age),
+                           put(self.provenance, provenance), self.position + advance)
+
+    def where(self, rows: Tensor, other: MemoryState) -> MemoryState:
+        """Row b from ``other`` where rows[b] (B,) bool, else from self: a per-row reset (other =
+        a fresh state) or a per-row freeze (other = the state before a segment)."""
+        def pick(a: Tensor, b: Tensor) -> Tensor:  # the batch axis is 1 for (L, B, ...), 0 for position
+            r = rows if a.dim() == 1 else rows.view(1, -1, *([1] * (a.dim() - 2)))
+            return torch.where(r, b, a)
+        return MemoryState(**{f.name: pick(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
+
     def num_floats(self) -> int:
         """Floats carried per sequence between segments (slots, usage and age; provenance and
         position are bookkeeping integers). Constant in the input length."""

@@ -83,6 +83,10 @@ class Select(nn.Module):
         # learned tau of 'threshold' (only there: an unused parameter breaks DDP)
         self.threshold = nn.Parameter(torch.zeros(())) if cfg.select == "threshold" else None
 
-    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, y: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """valid (B, T) bool or None: padding (False) gets gate 0, and never a place in topk's budget."""
         s = self.score(y).squeeze(-1) if self.score is not None else y.new_zeros(y.shape[:2])  # (B, T)
-        return self.gate(s, self), s
+        if valid is None:
+            return self.gate(s, self), s
+        masked = s.masked_fill(~valid, torch.finfo(s.dtype).min / 2)  # sigmoid -> exactly 0
+        return self.gate(masked, self) * valid.to(s.dtype), s

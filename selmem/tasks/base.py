@@ -33,6 +33,9 @@ class Batch:
                None where the task cannot say.
     values:    (B, N) float, for tasks whose answer stands for a number (molecules: the property
                whose bin is the target), that number at each scored position; None otherwise.
+    reset:     (B, N) bool, True where a new document starts in a packed row: a model that
+               takes it (selmem's forward_sequence(reset=...)) starts that document with a fresh
+               memory. None for rows of one document.
     """
 
     tokens: Tensor
@@ -41,6 +44,7 @@ class Batch:
     relevant: Tensor | None = None
     source: Tensor | None = None
     values: Tensor | None = None
+    reset: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """Move every tensor to ``device``."""

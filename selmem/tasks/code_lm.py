@@ -10,8 +10,13 @@ contains. ``seq_len`` bytes per row; ``targets[t] = tokens[t+1]`` (next byte); `
 True wherever a next byte exists in the same file (a crop at a file's end is PAD-filled and
 masked). ``relevant`` and ``source`` are None: in language modelling no single span is the answer.
 
-- train: a file is drawn with probability proportional to its length, then a uniform offset
-  ``o in [0, max(0, len - seq_len - 1)]``; the row is ``file[o : o + seq_len + 1]`` shifted.
+- train, ``packed`` (default): the train files put end to end, and a uniform offset
+  ``o in [0, total - seq_len - 1]``; the row is ``data[o : o + seq_len + 1]`` shifted, ``reset``
+  is True where a file starts (so selmem starts each file with a fresh memory), and the last byte
+  of a file, whose target would be the next file's first byte, is not scored.
+- train, not ``packed``: a file is drawn with probability proportional to its length, then a
+  uniform offset ``o in [0, max(0, len - seq_len - 1)]``; the row is ``file[o : o + seq_len + 1]``
+  shifted, PAD-filled past the file's end.
 - test: the held-out files cut into consecutive chunks at offsets ``0, seq_len, 2*seq_len, ...``
   in file order; batch ``i`` holds chunks ``i*B .. i*B+B-1`` (modulo the number of chunks), so
   ``test_set(ceil(num_test_chunks() / B), B)`` predicts every held-out byte except each file's
@@ -88,6 +93,9 @@ class CodeLMTask(Task):
     """Cap on the corpus read from disk (first files of the sorted list), to keep loading fast."""
     seed: int = 0
     """Seed of the train stream (the test chunks are enumerated in order)."""
+    packed: bool = True
+    """Train rows are windows over the files put end to end with a memory reset at each file start
+    (True), or crops of one file, PAD-filled at its end (False)."""
 
     @property
     def vocab_size(self) -> int:
@@ -116,6 +124,8 @@ class CodeLMTask(Task):
         check_batch_args(index, batch_size)
         corpus = load_corpus(split, self.max_bytes)
         lengths = corpus.ends - corpus.starts  # (F,)
+        if split == "train" and self.packed:
+            return self._packed(corpus, self.rng(split, index), batch_size)
         if split == "train":
             rng = self.rng(split, index)
             files = rng.choice(len(lengths), size=batch_size, p=lengths / lengths.sum())
@@ -131,3 +141,17 @@ class CodeLMTask(Task):
         # a next byte exists at t iff offset + t + 1 < file length
         loss_mask = offsets[:, None] + np.arange(1, self.seq_len + 1) < lengths[files][:, None]
         return make_batch(tokens, targets, loss_mask)
+
+    def _packed(self, corpus: Corpus, rng: np.random.Generator, batch_size: int) -> Batch:
+        """Windows of seq_len + 1 bytes over the whole split, resets at file starts."""
+        total = len(corpus.data)
+        if total < self.seq_len + 1:
+            raise ValueError(f"seq_len={self.seq_len} exceeds the {total} train bytes; raise max_bytes")
+        offsets = rng.integers(0, total - self.seq_len, size=batch_size)  # o + seq_len + 1 <= total
+        at = offsets[:, None] + np.arange(self.seq_len + 1)  # (B, seq_len + 1) corpus positions
+        rows = corpus.data[at].astype(np.int64)
+        starts = np.zeros(total + 1, dtype=bool)
+        starts[corpus.starts] = True  # (total + 1,) a file starts here (the end sentinel is False)
+        reset = starts[at]  # (B, seq_len + 1)
+        loss_mask = ~reset[:, 1:]  # the target would be another file's first byte
+        return make_batch(rows[:, :-1], rows[:, 1:], loss_mask, reset=reset[:, :-1])

@@ -56,6 +56,7 @@ def make_batch(
     relevant: np.ndarray | None = None,
     source: np.ndarray | None = None,
     values: np.ndarray | None = None,
+    reset: np.ndarray | None = None,
 ) -> Batch:
     """Turn numpy arrays (B, N) / (B, N, 2) into a :class:`Batch` of long/bool torch tensors.
 
@@ -75,6 +76,7 @@ def make_batch(
         values=None
         if values is None
         else torch.from_numpy(np.ascontiguousarray(np.where(loss_mask, values, 0.0), dtype=np.float32)),
+        reset=None if reset is None else torch.from_numpy(np.ascontiguousarray(reset, dtype=np.bool_)),
     )
 
 

@@ -109,6 +109,14 @@ def nonfinite_gradient(model: nn.Module, step: int, norm: Tensor | None) -> str 
     return f"non-finite gradient at step {step} in {names[0]} ({_layer(names[0])})"
 
 
+def reset_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """Packed rows (batch.reset) restart selmem's memory at each document start; the baselines
+    take no resets and stream the row as one."""
+    if batch.reset is None or not isinstance(model, SelectiveMemoryTransformer):
+        return {}
+    return {"reset": batch.reset}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: torch.device,
              task: Task | None = None) -> dict[str, float]:
@@ -122,7 +130,7 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
     predicted, true = [], []
     for batch in batches:
         batch = batch.to(device)
-        out = model.forward_sequence(batch.tokens, segment_len)
+        out = model.forward_sequence(batch.tokens, segment_len, **reset_kwargs(model, batch))
         loss, right, n = task_loss(out.logits, batch)
         total, correct, count = total + float(loss) * n, correct + int(right), count + n
         if batch.values is not None and task is not None:
@@ -243,7 +251,7 @@ class Trainer:
         model, tc = self.model, self.exp.train
         out, loss, right, n = None, torch.tensor(float("nan")), 0, 1
         try:
-            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch))
+            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch), **reset_kwargs(model, batch))
         except NonFiniteState as e:  # a segment made a state that the next one refuses
             fault: str | None = f"non-finite forward at step {step + 1}: {e}; {nonfinite_weight(model)}"
         else:

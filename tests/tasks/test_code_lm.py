@@ -24,7 +24,7 @@ def test_train_and_test_files_are_disjoint_and_split_by_path():
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_rows_are_file_bytes_and_targets_the_next_byte(split):
-    task = CodeLMTask(seq_len=96)
+    task = CodeLMTask(seq_len=96, packed=False)  # crops of one file (test rows always are)
     corpus = load_corpus(split, task.max_bytes)
     batch = task.batch(split, 3, 8)
     tok, tgt, mask = batch.tokens.numpy(), batch.targets.numpy(), batch.loss_mask.numpy()
@@ -55,8 +55,24 @@ def test_test_batches_enumerate_the_held_out_files():
     assert task.num_test_chunks() >= chunks
 
 
+def test_packed_rows_are_corpus_windows_with_resets_at_file_starts():
+    task = CodeLMTask(seq_len=256)
+    corpus = load_corpus("train", task.max_bytes)
+    batch = next(b for b in (task.batch("train", i, 16) for i in range(100)) if b.reset[:, 1:].any())
+    tok, tgt, mask, reset = (batch.tokens.numpy(), batch.targets.numpy(), batch.loss_mask.numpy(),
+                             batch.reset.numpy())
+    starts = set(corpus.starts.tolist())
+    for b in range(16):  # find the window in the corpus by its bytes, where the row says it starts
+        text = np.concatenate([tok[b], tgt[b, -1:]]).astype(np.uint8)
+        o = corpus.data.tobytes().find(text[:256].tobytes())
+        assert o >= 0 and (corpus.data[o : o + 256] == text[:256]).all()
+        assert [t in starts for t in range(o, o + 256)] == reset[b].tolist()
+        assert (mask[b, :-1] == ~reset[b, 1:]).all(), "the byte before a file start is not scored"
+        assert (tgt[b][mask[b]] == corpus.data[o + 1 : o + 257][mask[b]]).all(), "targets are the next byte"
+
+
 def test_train_sampling_prefers_long_files():
-    task = CodeLMTask(seq_len=32)
+    task = CodeLMTask(seq_len=32, packed=False)
     batch = task.batch("train", 0, 64)
     assert len({bytes(r.tolist()[:8]) for r in batch.tokens}) > 50, "crops come from many places"
 

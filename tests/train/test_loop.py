@@ -236,3 +236,21 @@ def test_every_model_trains_through_the_loop_and_reports_its_state(tmp_path, arc
     assert res["steps"] == 2 and 0.0 <= res["test"]["accuracy"] <= 1.0
     # full's cache grows with the input: it is reported at the task's sequence length
     assert res["state_floats"] == state_size(arch, exp.resolved().model, seq_len=exp.task.seq_len)
+
+
+def test_packed_code_lm_batches_reach_selmem_as_resets():
+    """code-lm's packed train rows carry file starts; the loop hands them to selmem (a fresh
+    memory per file) and streams them whole through the baselines, which take no resets."""
+    from selmem import SelectiveMemoryTransformer, SelmemConfig
+    from selmem.baselines import build_model
+    from selmem.tasks import CodeLMTask
+    from selmem.train.loop import reset_kwargs
+
+    batches = (CodeLMTask(seq_len=128).batch("train", i, 8) for i in range(100))
+    batch = next(b for b in batches if b.reset[:, 1:].any())
+    model = SelectiveMemoryTransformer(SelmemConfig(vocab_size=256, max_segment_len=32, credit="none"))
+    kwargs = reset_kwargs(model, batch)
+    assert torch.equal(kwargs["reset"], batch.reset)
+    packed = model.forward_sequence(batch.tokens, 32, **kwargs).logits
+    assert not torch.allclose(packed, model.forward_sequence(batch.tokens, 32).logits)
+    assert reset_kwargs(build_model("local", model.cfg), batch) == {}

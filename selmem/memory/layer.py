@@ -1,0 +1,226 @@
+"""SelectiveMemory: one layer's memory as a module of its own, to put between the blocks of any model.
+
+Legend: L layers, B batch, T segment length, M slots, R hints per layer, C candidates, d model
+width, d_mem slot width, H heads.
+
+Per layer it does what SelectiveMemoryTransformer does inside its blocks (DESIGN section 1):
+
+    read   the tokens attend to [up(C_l); up_hint(hint_l)], the memory as it was before this
+           segment's writes: by cross-attention here (the host block stays untouched), or as a
+           key/value prefix where the host block takes one (``prefix``, what selmem's Block does);
+    select head B scores every token; compress turns the gated features into candidates;
+    write  attention-addressed write with forgetting (address.py, update.py).
+
+``write`` is that second half as a function of the parts; the built-in model calls the same
+function on its own parts, so the two cannot drift apart. ``MemoryStack`` holds one
+SelectiveMemory per host layer and the cache transform they share.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from selmem import losses
+from selmem.config import SelmemConfig
+from selmem.layers import RMSNorm
+from selmem.memory.address import Address
+from selmem.memory.cache_transform import CacheTransform
+from selmem.memory.compress import Candidates, Compress
+from selmem.memory.read import Read
+from selmem.memory.select import Select, budget
+from selmem.memory.update import Written, update
+from selmem.state import MemoryState
+
+
+class Parts(NamedTuple):
+    """One layer's memory parts (the model keeps them in per-part ModuleLists, SelectiveMemory as
+    attributes; ``write`` takes either)."""
+
+    read: Read
+    select: Select
+    compress: Compress
+    address: Address
+    decoder: nn.Linear  # d_mem -> d, for the reconstruction loss
+
+
+class Write(NamedTuple):
+    """What ``write`` did: the new memory of the layer and what the stats and losses need."""
+
+    written: Written  # slots, usage, age, provenance (B, M, ...), kept (B, M), contrib (B, C, M)
+    gate: Tensor      # (B, T) head B's gate
+    score: Tensor     # (B, T) head B's score (not detached)
+    cand: Candidates
+    cand_pos: Tensor  # (B, C) absolute positions
+    strength: Tensor  # (B, C, M) g_t * w_tj
+    rec: Tensor       # () reconstruction loss
+
+
+def read_prefix(read: Read, slots: Tensor, usage: Tensor, hints: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """slots (B, M, d_mem), usage (B, M), hints (B, R, d_mem) or None -> the prefix the layer's
+    tokens read (B, M+R, d) (None with read='off') and its additive read bias (B, M+R) or None."""
+    return read(slots, hints), read.bias(usage, 0 if hints is None else hints.shape[1])
+
+
+def write(parts: Parts, cfg: SelmemConfig, y: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
+          provenance: Tensor, pos: Tensor, read: Tensor | None, slot_decay: Tensor | None = None,
+          valid: Tensor | None = None) -> Write:
+    """Head B, compress, address, update for one layer and one segment.
+
+    y (B, T, d) the layer's features, slots/usage/age/provenance the layer's memory at the segment
+    start ((B, M, d_mem), (B, M)), pos (B, T) absolute positions, read (B, T, M+R) the tokens'
+    attention on the prefix or None, slot_decay (M,) raw learned decay or None, valid (B, T) bool
+    or None: tokens that are padding (False) write nothing and their reads do not count."""
+    M = cfg.slots
+    g, score = parts.select(y, valid)  # head B: (B, T)
+    cand = parts.compress(y, g)  # (B, C, d_mem) candidates
+    if cfg.select == "topk":  # the write budget holds on candidates too (attnpool spreads tokens)
+        cand = cand._replace(gate=budget(cand.gate, cfg.topk))
+    cand_pos = pos.gather(1, cand.position)  # (B, C)
+    w = parts.address(cand.values, cand.gate, slots, usage, age, cand_pos)  # (B, C, M)
+    a = cand.gate[..., None] * w  # (B, C, M) write strength
+    if read is None:
+        read_mass = torch.zeros_like(usage)
+    elif valid is None:
+        read_mass = read[..., :M].mean(1)  # (B, M)
+    else:  # mean over the real tokens only
+        v = valid.to(read.dtype)[..., None]
+        read_mass = (read[..., :M] * v).sum(1) / v.sum(1).clamp_min(1.0)
+    decay = torch.sigmoid(slot_decay) if slot_decay is not None else None
+    out = update(slots, usage, age, provenance, cand.values, a, cand_pos, read_mass, cfg.usage_decay,
+                 decay, gate=cand.gate)
+    rec = losses.reconstruction(parts.decoder(cand.values), cand.feature, cand.gate)
+    return Write(out, g, score, cand, cand_pos, a, rec)
+
+
+def layer_stats(w: Write, read: Tensor | None, provenance_read: Tensor) -> dict[str, Tensor | None]:
+    """The per-layer stats dict of ``Output.stats`` (model.py documents the keys), detached."""
+    o = w.written
+    d = dict(gate=w.gate, score=w.score, cand_gate=w.cand.gate, cand_pos=w.cand_pos, write=w.strength,
+             contrib=o.contrib, kept=o.kept, read=read, provenance_read=provenance_read, usage=o.usage,
+             age=o.age, provenance=o.provenance)
+    return {k: (v.detach() if v is not None else None) for k, v in d.items()}
+
+
+class CrossRead(nn.Module):
+    """Tokens (B, T, d) attend to the memory prefix (B, S, d) only: the read for a host block that
+    takes no prefix. The output projection starts at zero, so inserting the layer into a trained
+    model leaves that model's outputs unchanged until the memory has learned something (the
+    zero-initialised gate of Flamingo's cross-attention layers, Alayrac et al. 2022)."""
+
+    def __init__(self, dim: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm, self.prefix_norm = RMSNorm(dim), RMSNorm(dim)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, x: Tensor, prefix: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """-> residual update (B, T, d), read attention (B, T, S) (mean over heads)."""
+        B, T, d = x.shape
+        S, H = prefix.shape[1], self.n_heads
+        q = self.q(self.norm(x)).view(B, T, H, d // H).transpose(1, 2)  # (B, H, T, D)
+        k, v = self.kv(self.prefix_norm(prefix)).view(B, S, 2, H, d // H).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // H)  # (B, H, T, S)
+        if bias is not None:
+            scores = scores + bias[:, None, None, :]
+        probs = scores.softmax(-1)
+        return self.out((probs @ v).transpose(1, 2).reshape(B, T, d)), probs.mean(1)
+
+
+class SelectiveMemory(nn.Module):
+    """The memory of host layer ``layer_idx``: ``forward(h, state, hints) -> (h, state, stats)``.
+
+    h (B, T, d) is one segment's hidden states after the host block, state a MemoryState of the
+    whole stack (L = cfg.n_layers layers; this layer reads and writes slice ``layer_idx``), hints
+    (L, B, R, d_mem) the shared cache transform's output for this segment (``MemoryStack.hints``)
+    or None. ``read='cross'`` reads the memory by cross-attention (any host block);
+    ``read='prefix'`` leaves the read to a host block that takes ``self.prefix(state, hints)`` as
+    extra keys/values, and ``forward`` then needs that block's read attention (``read_attn``) for
+    the usage it adds. The last layer of the stack advances ``state.position`` by T.
+
+    stats: the layer's entry of ``Output.stats["layers"]`` (model.py: gate, score, write, read,
+    usage, age, ...), detached, and ``stats["losses"]``: the unweighted 'sparsity' and
+    'reconstruction' losses of this layer, not detached, to add to a training loss with the
+    config's lambda_sparse and lambda_rec.
+    """
+
+    def __init__(self, cfg: SelmemConfig, layer_idx: int = 0, read: Literal["cross", "prefix"] = "cross") -> None:
+        super().__init__()
+        self.cfg = cfg.validate()
+        if not 0 <= layer_idx < cfg.n_layers:
+            raise ValueError(f"layer_idx must be in [0, n_layers={cfg.n_layers}), got {layer_idx}")
+        if read not in ("cross", "prefix"):
+            raise ValueError(f"read must be 'cross' or 'prefix', got {read!r}")
+        self.layer_idx = layer_idx
+        self.parts = Parts(Read(cfg), Select(cfg), Compress(cfg), Address(cfg, layer_idx),
+                           nn.Linear(cfg.d_mem, cfg.d_model))
+        for name, part in self.parts._asdict().items():
+            self.add_module(name, part)
+        self.cross = CrossRead(cfg.d_model, cfg.n_heads) if read == "cross" and cfg.read == "on" else None
+        self.init_slots = nn.Parameter(torch.randn(cfg.slots, cfg.d_mem))  # unit-RMS, like the candidates
+        self.slot_decay = nn.Parameter(torch.full((cfg.slots,), 4.0)) if cfg.slot_decay else None
+
+    def prefix(self, state: MemoryState, hints: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """The prefix (B, M+R, d) a host block reads, and its read bias (B, M+R) or None."""
+        l = self.layer_idx
+        return read_prefix(self.parts.read, state.slots[l], state.usage[l], None if hints is None else hints[l])
+
+    def forward(self, h: Tensor, state: MemoryState, hints: Tensor | None = None,
+                read_attn: Tensor | None = None) -> tuple[Tensor, MemoryState, dict[str, Any]]:
+        l, cfg = self.layer_idx, self.cfg
+        if h.dim() != 3 or h.shape[-1] != cfg.d_model:
+            raise ValueError(f"h must have shape (batch, segment_len, d_model={cfg.d_model}), got {tuple(h.shape)}")
+        if state.n_layers != cfg.n_layers or state.batch_size != h.shape[0]:
+            raise ValueError(f"state holds {state.n_layers} layers x batch {state.batch_size}, expected "
+                             f"{cfg.n_layers} x {h.shape[0]}: make it with MemoryStack.init_state(batch_size)")
+        if self.cross is not None:
+            prefix, bias = self.prefix(state, hints)
+            a, read_attn = self.cross(h, prefix, bias)
+            h = h + a
+        T = h.shape[1]
+        pos = state.position[:, None] + torch.arange(T, device=h.device)  # (B, T)
+        w = write(self.parts, cfg, h, state.slots[l], state.usage[l], state.age[l], state.provenance[l],
+                  pos, read_attn, self.slot_decay)
+        o = w.written
+        state = state.with_layer(l, o.slots, o.usage, o.age, o.provenance,
+                                 advance=T if l == cfg.n_layers - 1 else 0)
+        stats = layer_stats(w, read_attn, state.provenance[l])
+        stats["losses"] = {"sparsity": losses.sparsity([w.gate], cfg.sparsity, cfg.write_rate),
+                           "reconstruction": w.rec}
+        return h, state, stats
+
+
+class MemoryStack(nn.Module):
+    """One SelectiveMemory per host layer and the cache transform they share.
+
+    ``init_state(B)`` makes the stack's MemoryState, ``hints(state)`` runs the cache transform
+    once per segment (before any layer writes), and iterating gives the layers in order."""
+
+    def __init__(self, cfg: SelmemConfig, read: Literal["cross", "prefix"] = "cross") -> None:
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.layers = nn.ModuleList(SelectiveMemory(cfg, l, read) for l in range(cfg.n_layers))
+        self.cache_transform = CacheTransform(cfg)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, l: int) -> SelectiveMemory:
+        return self.layers[l]
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
+        init = torch.stack([m.init_slots for m in self.layers])  # (L, M, d_mem)
+        return MemoryState.fresh(init, batch_size, device)
+
+    def hints(self, state: MemoryState) -> Tensor | None:
+        """(L, B, R, d_mem) read hints for the segment about to run, or None without a transform."""
+        return self.cache_transform(state.slots)

@@ -1,0 +1,58 @@
+"""selmem generate and selmem export on a smoke run: the greedy sample is the model's argmax
+chain, and the exported Hugging Face folder gives the run's logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selmem.cli import load_run, main
+from selmem.generate import pick
+from tests.test_cli import train_args
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(train_args(out, "run", "--train.steps", "2", "--train.eval-every", "2")) == 0
+    return out / "run"
+
+
+def test_greedy_generate_prints_the_argmax_chain(run, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "1 2 3", "--max-new-tokens", "6", "--temperature", "0"]) == 0
+    printed = [int(t) for t in capsys.readouterr().out.split()]
+    exp, model, _ = load_run(run)
+    seq = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        for _ in range(6):  # recompute from the start at every step
+            nxt = model.forward_sequence(seq, exp.segment_len()).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+    assert printed == seq[0].tolist()
+
+
+def test_generate_refuses_an_empty_prompt(run, capsys):
+    assert main(["generate", str(run), "--prompt", ""]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+
+
+def test_export_gives_the_runs_logits(run, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    import selmem.hf  # noqa: F401  (registers the Auto classes)
+
+    assert main(["export", str(run), str(tmp_path / "hf")]) == 0
+    exp, model, task = load_run(run)
+    assert model.probe is not None  # the run trained with its credit probe; the export drops it
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = task.batch("test", 0, 2).tokens
+    with torch.no_grad():
+        assert torch.equal(model.forward_sequence(x, exp.segment_len()).logits, hf(x).logits)
+    assert not any(k.startswith("model.probe.") for k in hf.state_dict())
+
+
+def test_pick():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, -1.0]])
+    assert pick(logits, 0.0, 0, None).flatten().tolist() == [1, 0]
+    assert pick(logits, 1.0, 1, torch.Generator().manual_seed(0)).flatten().tolist() == [1, 0]  # top-1 = argmax
