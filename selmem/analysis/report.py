@@ -44,6 +44,8 @@ def overview(folders: list[Path]) -> str:
         if data.get("kind", "compare") != "compare" or not data.get("rows"):
             continue
         rows = {r["model"]: r for r in data["rows"]}
+        if len(rows) < len(data["rows"]):  # a state-size sweep: its own section has every size
+            continue
         key = metric_keys(data["rows"])[0]
         cells = [fmt_metric(rows[m], key) if m in rows else "" for m in MODELS]
         chance = data["rows"][0]["chance"]
@@ -116,9 +118,15 @@ def verdicts(folders: list[Path]) -> list[str]:
         seeds = table["selmem"][longest][2]
         held = "not decided (one seed)" if seeds < 2 else ("held" if kept and ahead else "did not hold")
         rival = f"; best other model {best[0]} {best[1]:.1%}" if best else ""
+        holds = [n for n in sorted(table["selmem"]) if n >= trained]
+        upto = trained
+        for n in holds:  # the longest length up to which selmem stays within 5 points
+            if table["selmem"][n][0] < base - 0.05:
+                break
+            upto = n
         lines.append(f"- **the memory generalises to longer inputs** ({data['task']}, `{folder.name}`): {held}. "
-                     f"Trained at {trained} segments, selmem {base:.1%} there and {at['selmem']:.1%} at "
-                     f"{longest}{rival}.")
+                     f"Trained at {trained} segments, selmem {base:.1%} there, within 5 points of it up to "
+                     f"{upto} segments, and {at['selmem']:.1%} at {longest}{rival}.")
     return lines
 
 
