@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import tyro
 
@@ -87,11 +88,36 @@ class EvalArgs:
     """Test batches (0 = the run's train.eval_batches)."""
     task_set: list[str] = field(default_factory=list)
     """Task overrides as key=value, e.g. length=2048 to test length generalisation."""
+    model_set: list[str] = field(default_factory=list)
+    """Model overrides that change no weight, as key=value, e.g. age_weight=0."""
 
 
-def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None):
+def _overrides(obj: Any, items: list[str], flag: str, what: str) -> dict[str, Any]:
+    """``key=value`` strings -> {field: value of that field's type} for the dataclass ``obj``."""
+    updates: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(obj, key):
+            raise ValueError(f"{flag} expects key=value with a field of {what}, got {item!r}")
+        old = getattr(obj, key)
+        if isinstance(old, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{flag} {key} takes true or false, got {value!r}")
+            updates[key] = value.lower() in ("true", "1")
+        else:
+            try:
+                updates[key] = type(old)(value)
+            except ValueError:
+                raise ValueError(f"{flag} {key} takes a {type(old).__name__}, got {value!r}") from None
+    return updates
+
+
+def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None,
+             model_set: list[str] | None = None):
     """(experiment, model with the checkpoint's weights, task) of a run folder or of a checkpoint
-    folder inside one (runs/NAME/ckpt/TAG); ``ckpt`` picks another tag (default: best)."""
+    folder inside one (runs/NAME/ckpt/TAG); ``ckpt`` picks another tag (default: best).
+    ``task_set`` / ``model_set`` override task / model fields as ``key=value`` (model fields that
+    change no weight, such as age_weight, so the checkpoint still loads)."""
     from selmem.experiment import ExperimentConfig, build
     from selmem.train.checkpoint import load_model_weights
 
@@ -104,13 +130,10 @@ def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None)
     ckpt = ckpt or "best"
     exp = ExperimentConfig.from_yaml(run / "config.yaml")
     if task_set:
-        updates = {}
-        for item in task_set:
-            key, sep, value = item.partition("=")
-            if not sep or not hasattr(exp.task, key):
-                raise ValueError(f"--task-set expects key=value with a field of task {exp.task.name}, got {item!r}")
-            updates[key] = type(getattr(exp.task, key))(value)
-        exp = replace(exp, task=replace(exp.task, **updates))
+        exp = replace(exp, task=replace(exp.task, **_overrides(exp.task, task_set, "--task-set",
+                                                                 f"task {exp.task.name}")))
+    if model_set:
+        exp = replace(exp, model=replace(exp.model, **_overrides(exp.model, model_set, "--model-set", "the model")))
     exp = exp.resolved()
     model, task = build(exp)
     load_model_weights(run / "ckpt" / ckpt, model, inference=True)
@@ -121,7 +144,7 @@ def cmd_eval(args: list[str]) -> int:
     from selmem.train.loop import evaluate, resolve_device
 
     a = tyro.cli(EvalArgs, args=args, prog="selmem eval")
-    exp, model, task = load_run(a.run, a.ckpt, a.task_set)
+    exp, model, task = load_run(a.run, a.ckpt, a.task_set, a.model_set)
     device = resolve_device(exp.train.device)
     test = task.test_set(a.batches or exp.train.eval_batches, exp.train.batch_size)
     result = evaluate(model.to(device), test, exp.segment_len(), device, task)

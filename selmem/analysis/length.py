@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import tyro
 
+from selmem.experiment import ExperimentConfig
 from selmem.tasks.base import Task
 
 # task -> the task stretched to n segments of length seg
@@ -48,6 +49,8 @@ class LengthConfig:
     """Test batches per length (of the run's batch size)."""
     ckpt: str = "best"
     """Which checkpoint of each run: best or last."""
+    model_set: list[str] = field(default_factory=list)
+    """Model overrides that change no weight, as key=value (e.g. age_weight=0), for selmem runs."""
     name: str = ""
     """Output folder (default: length-<comparison folder name> next to it)."""
 
@@ -87,9 +90,10 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{folder} has no run folders with a ckpt/{lc.ckpt} checkpoint")
     out = []
     for run_dir in runs:
-        exp, model, task = load_run(run_dir, lc.ckpt)
+        exp = ExperimentConfig.from_yaml(run_dir / "config.yaml")
         if exp.arch not in lc.models:
             continue
+        exp, model, task = load_run(run_dir, lc.ckpt, model_set=lc.model_set if exp.arch == "selmem" else None)
         if task.name not in STRETCH:
             raise ValueError(f"task {task.name} has no length to stretch; length works on {sorted(STRETCH)}")
         seg = exp.segment_len()
@@ -97,6 +101,8 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
             t0 = time.time()
             acc = stream_accuracy(model, STRETCH[task.name](task, n, seg), seg, lc.batches, exp.train.batch_size)
             label = re.sub(r"-s\d+$", "", run_dir.name)  # selmem-s0 -> selmem; select-all-s1 -> select-all
+            if lc.model_set and exp.arch == "selmem":
+                label += f" ({', '.join(lc.model_set)})"
             out.append({"task": task.name, "model": label, "seed": exp.train.seed, "segments": n, "accuracy": acc,
                         "trained_segments": task.seq_len // seg, "chance": task.chance})
             print(f"  {run_dir.name:<12} {n:>4} segments: accuracy {acc:.3f} ({time.time() - t0:.0f} s)",

@@ -61,3 +61,30 @@ def test_length_writes_a_cell_per_model_and_length(tmp_path):
     assert (out_dir / "length.png").read_bytes()[:8] == PNG
     with pytest.raises(FileExistsError):
         length(folder, LengthConfig(segments=[2], batches=1))
+    out2, table2 = length(folder, LengthConfig(segments=[2], models=["selmem"], batches=1,
+                                               model_set=["age_weight=0"], name=str(tmp_path / "l2")))
+    assert "| selmem (age_weight=0) |" in table2
+
+
+def test_model_overrides_reach_the_model_and_bad_ones_are_named(tmp_path):
+    from selmem.cli import load_run
+
+    exp = ExperimentConfig.from_yaml(SMOKE)
+    exp = replace(exp, train=replace(exp.train, out_dir=str(tmp_path), steps=1, eval_every=1, name="r"))
+    from selmem.train.loop import train
+
+    threads = torch.get_num_threads()
+    try:
+        train(exp)
+    finally:
+        torch.set_num_threads(threads)
+    run = tmp_path / "r"
+    got, model, _ = load_run(run, model_set=["age_weight=0.5", "check_finite=false"])
+    assert got.model.age_weight == 0.5 and got.model.check_finite is False
+    assert any(getattr(m, "age_weight", None) == 0.5 for m in model.modules())
+    with pytest.raises(ValueError, match="--model-set expects key=value with a field of the model"):
+        load_run(run, model_set=["agew=0"])
+    with pytest.raises(ValueError, match="check_finite takes true or false"):
+        load_run(run, model_set=["check_finite=maybe"])
+    with pytest.raises(ValueError, match="age_weight takes a float"):
+        load_run(run, model_set=["age_weight=high"])
