@@ -204,7 +204,7 @@ def cmd_length(args: list[str]) -> int:
     from selmem.analysis.length import LengthArgs, length
 
     a = tyro.cli(LengthArgs, args=args, prog="selmem length")
-    out_dir, table = length(a.folder, a.length)
+    out_dir, table = length(a.folders, a.length)
     print(f"\n{table}\n\nwritten to {out_dir}/ (results.md, results.json, length.png)")
     return 0
 

@@ -59,8 +59,9 @@ class LengthConfig:
 class LengthArgs:
     """Evaluate a comparison's checkpoints at many input lengths; write a table and a plot."""
 
-    folder: tyro.conf.Positional[str]
-    """A `selmem compare` folder (runs/NAME)."""
+    folders: tyro.conf.Positional[list[str]]
+    """`selmem compare` folders (runs/NAME ...) of one task, their runs pooled; FOLDER:m1,m2 takes
+    only those models from that folder (the others follow --length.models)."""
     length: LengthConfig = field(default_factory=LengthConfig)
 
 
@@ -155,20 +156,28 @@ def plot(out_dir: Path, points: list[dict[str, Any]], task: str) -> Path:
     return path
 
 
-def length(folder: str | Path, lc: LengthConfig) -> tuple[Path, str]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no comparison folder {folder}")
-    out_dir = Path(lc.name) if lc.name else folder.parent / f"length-{folder.name}"
+def length(folders: str | Path | list[str | Path], lc: LengthConfig) -> tuple[Path, str]:
+    specs = []
+    for spec in folders if isinstance(folders, list) else [folders]:
+        path, _, only = str(spec).partition(":")
+        specs.append((Path(path), replace(lc, models=only.split(",")) if only else lc))
+    for folder, _ in specs:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no comparison folder {folder}")
+    first = specs[0][0]
+    out_dir = Path(lc.name) if lc.name else first.parent / f"length-{first.name}"
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists; pick another --length.name")
-    points = evaluate_lengths(folder, lc)
+    points = [p for folder, spec_lc in specs for p in evaluate_lengths(folder, spec_lc)]
     if not points:
-        raise ValueError(f"no run of {lc.models} in {folder}")
+        raise ValueError(f"no run of {lc.models} in {', '.join(str(f) for f, _ in specs)}")
+    if len({p["task"] for p in points}) > 1 or len({p["trained_segments"] for p in points}) > 1:
+        raise ValueError("the folders hold runs of different tasks or trained lengths: pass one task's comparisons")
     out_dir.mkdir(parents=True, exist_ok=True)
     task = points[0]["task"]
     table = markdown_table(points)
-    (out_dir / "results.json").write_text(json.dumps({"kind": "length", "task": task, "source": str(folder),
+    sources = [str(s) for s in (folders if isinstance(folders, list) else [folders])]
+    (out_dir / "results.json").write_text(json.dumps({"kind": "length", "task": task, "sources": sources,
                                                       "config": asdict(lc), "points": points}, indent=1))
     (out_dir / "results.md").write_text(
         f"# length generalisation on {task}\n\nCommand: `{' '.join(['selmem', *sys.argv[1:]])}`\n\n{table}\n")

@@ -64,6 +64,9 @@ def test_length_writes_a_cell_per_model_and_length(tmp_path):
     out2, table2 = length(folder, LengthConfig(segments=[2], models=["selmem"], batches=1,
                                                model_set=["age_weight=0"], name=str(tmp_path / "l2")))
     assert "| selmem (age_weight=0) |" in table2
+    _, table3 = length([f"{folder}:txl", str(folder)], LengthConfig(segments=[2], models=["selmem"], batches=1,
+                                                                      name=str(tmp_path / "l3")))
+    assert [line.split("|")[1].strip() for line in table3.splitlines()[2:4]] == ["txl", "selmem"]
 
 
 def test_model_overrides_reach_the_model_and_bad_ones_are_named(tmp_path):
