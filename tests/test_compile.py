@@ -4,6 +4,7 @@ calls run compiled, which is what train.compile does)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -22,11 +23,13 @@ def run(model, x):
 @pytest.mark.parametrize("backend", [
     # graph capture and AOT autograd without code generation: seconds
     pytest.param("aot_eager", id="aot_eager"),
-    # the real thing: generated C++ kernels, minutes on a small CPU
+    # the real thing: generated C++ kernels, about two minutes on a small CPU, so opt-in
     pytest.param("inductor", id="inductor", marks=[
         pytest.mark.slow,
         pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                           reason="inductor needs a C++ compiler on CPU")]),
+                           reason="inductor needs a C++ compiler on CPU"),
+        pytest.mark.skipif(os.environ.get("SELMEM_TEST_INDUCTOR") != "1",
+                           reason="minutes of code generation; SELMEM_TEST_INDUCTOR=1 runs it")]),
 ])
 def test_compiled_model_gives_the_eager_numbers(backend):
     torch._dynamo.reset()
