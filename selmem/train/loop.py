@@ -81,7 +81,7 @@ def nonfinite_forward(model: nn.Module, step: int, loss: Tensor, out: Any) -> st
         checks.append(state.finite())
     if bool(torch.stack(checks).all()):
         return None
-    bad = [f"{k} is {float(v)}" for k, v in losses.items() if not torch.isfinite(v).all()]
+    bad = [f"{k} is {float(v.detach())}" for k, v in losses.items() if not torch.isfinite(v).all()]
     layers = state.nonfinite_layers() if state is not None else []
     weight = nonfinite_weight(model)  # a pass over the weights, on a fault only
     if layers and weight.startswith("parameter"):  # a bad weight is the cause, the state its effect
