@@ -13,10 +13,14 @@ gradient is that of the global batch. Rank 0 alone writes the run folder and che
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
+import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+
+from selmem.tasks.base import Batch
 
 
 @dataclass(frozen=True)
@@ -89,4 +93,54 @@ def close(world: World) -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["World", "init", "shard", "all_sum", "broadcast", "barrier", "close"]
+class _SequenceForward(nn.Module):
+    """``forward`` = the model's ``forward_sequence``, so DDP (which hooks ``forward``) sees the
+    whole training forward; the model itself stays a plain nn.Module."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.forward_sequence(*args, **kwargs)
+
+
+def ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around the training forward. Every selmem parameter gets a gradient each step (the
+    credit probe is trained by forward_sequence, InfoNCE picks its value with torch.where rather
+    than skipping a branch), so find_unused_parameters stays off: no graph walk per step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(_SequenceForward(model), device_ids=ids)
+
+
+def shard_batch(batch: Batch, world: World) -> Batch:
+    """This rank's rows of the global train batch (every tensor field)."""
+    if not world.distributed:
+        return batch
+    return replace(batch, **{k: shard(v, world) for k, v in vars(batch).items() if isinstance(v, Tensor)})
+
+
+def any_fault(fault: str | None, step: int, world: World) -> str | None:
+    """This rank's fault, else a note that another rank had one (so that all skip or stop)."""
+    bad = all_sum(torch.tensor([float(fault is not None)]), world)
+    if fault is None and bool(bad > 0):
+        return f"non-finite forward at step {step} on another training process"
+    return fault
+
+
+def global_loss(loss: Tensor, right: Tensor | int, n: int, world: World) -> tuple[float, float]:
+    """The task loss and accuracy of the global batch (token-weighted over ranks)."""
+    v = torch.tensor([float(loss.detach()) * n, float(right), float(n)], dtype=torch.float64)
+    total, correct, count = all_sum(v, world).tolist()
+    return total / count, correct / count
+
+
+def mean_over_ranks(rec: dict[str, float], world: World) -> dict[str, float]:
+    """Each logged diagnostic averaged over the ranks (their keys agree: same model and task)."""
+    if not world.distributed:
+        return rec
+    keys = sorted(rec)
+    v = all_sum(torch.tensor([float(rec[k]) for k in keys], dtype=torch.float64), world) / world.size
+    return dict(zip(keys, v.tolist(), strict=True))

@@ -14,7 +14,7 @@ import re
 import resource
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,7 @@ class Trainer:
         sched = build_scheduler(opt, tc)
         world = self.world
         logger = run.DiskLogger(self.run_dir / "metrics.jsonl") if world.main else _NoLogger()
-        self.step_model = _ddp(model, self.device) if world.distributed else None
+        self.step_model = dist.ddp(model, self.device) if world.distributed else None
         seg = exp.segment_len()
         test = task.test_set(tc.eval_batches, tc.batch_size)
         higher = task.chance is not None  # classification: accuracy up; LM: bits down
@@ -227,7 +227,7 @@ class Trainer:
         model.train()
         last_eval: dict[str, float] = {}
         while step < tc.steps:
-            batch = shard_batch(task.batch("train", step, tc.batch_size), world).to(self.device)
+            batch = dist.shard_batch(task.batch("train", step, tc.batch_size), world).to(self.device)
             loss, right, n, out, fault = self._step(step, batch, seg, opt, sched)
             if fault:
                 skipped += 1
@@ -240,10 +240,10 @@ class Trainer:
             evaluate_now = step % tc.eval_every == 0 or step == tc.steps or out_of_time
             if step % tc.log_every == 0 or step == tc.steps or out_of_time:
                 now = time.time()
-                loss_all, acc = _global_loss(loss, right, n, world)
+                loss_all, acc = dist.global_loss(loss, right, n, world)
                 rec = {"step": step, "split": "train", "loss": loss_all, "accuracy": acc,
                        "lr": sched.get_last_lr()[0], "tokens_per_s": tokens / max(now - t_log, 1e-9),
-                       "elapsed": now - start, **_mean_over_ranks(_extras(out, batch, skipped), world)}
+                       "elapsed": now - start, **dist.mean_over_ranks(_extras(out, batch, skipped), world)}
                 logger.log(rec)
                 tokens, t_log = 0, now
                 progress.update(step, rec, last_eval)
@@ -291,7 +291,7 @@ class Trainer:
             loss, right, n = task_loss(out.logits, batch)
             fault = nonfinite_forward(model, step + 1, loss, out)
         if world.distributed:  # all ranks run backward (DDP's all-reduce) or none does
-            fault = _any_fault(fault, step + 1, world)
+            fault = dist.any_fault(fault, step + 1, world)
         if out is not None and fault is None:
             # the gradient of the global batch: each rank's mean over its n scored positions, scaled
             # by n / (global n / world); DDP then averages over ranks
@@ -340,59 +340,6 @@ class _NoLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         pass
-
-
-class _SequenceForward(nn.Module):
-    """``forward`` = the model's ``forward_sequence``, so DDP (which hooks ``forward``) sees the
-    whole training forward; the model itself stays a plain nn.Module."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model.forward_sequence(*args, **kwargs)
-
-
-def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """DDP around the training forward. Every selmem parameter gets a gradient each step (the
-    credit probe is trained by forward_sequence, InfoNCE picks its value with torch.where rather
-    than skipping a branch), so find_unused_parameters stays off: no graph walk per step."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(_SequenceForward(model), device_ids=ids)
-
-
-def shard_batch(batch: Batch, world: dist.World) -> Batch:
-    """This rank's rows of the global train batch (every tensor field)."""
-    if not world.distributed:
-        return batch
-    return replace(batch, **{k: dist.shard(v, world) for k, v in vars(batch).items() if isinstance(v, Tensor)})
-
-
-def _any_fault(fault: str | None, step: int, world: dist.World) -> str | None:
-    """This rank's fault, else a note that another rank had one (so that all skip or stop)."""
-    bad = dist.all_sum(torch.tensor([float(fault is not None)]), world)
-    if fault is None and bool(bad > 0):
-        return f"non-finite forward at step {step} on another training process"
-    return fault
-
-
-def _global_loss(loss: Tensor, right: Tensor | int, n: int, world: dist.World) -> tuple[float, float]:
-    """The task loss and accuracy of the global batch (token-weighted over ranks)."""
-    v = torch.tensor([float(loss.detach()) * n, float(right), float(n)], dtype=torch.float64)
-    total, correct, count = dist.all_sum(v, world).tolist()
-    return total / count, correct / count
-
-
-def _mean_over_ranks(rec: dict[str, float], world: dist.World) -> dict[str, float]:
-    """Each logged diagnostic averaged over the ranks (their keys agree: same model and task)."""
-    if not world.distributed:
-        return rec
-    keys = sorted(rec)
-    v = dist.all_sum(torch.tensor([float(rec[k]) for k in keys], dtype=torch.float64), world) / world.size
-    return dict(zip(keys, v.tolist(), strict=True))
 
 
 def _extras(out: Any, batch: Batch, skipped: int) -> dict[str, float]:
