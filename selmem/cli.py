@@ -65,6 +65,8 @@ def cmd_train(args: list[str]) -> int:
 
     exp = parse_experiment(args, "selmem train")
     res = train(exp)
+    if "test" not in res:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     test = res["test"]
     print(f"\nrun folder: {res['run_dir']}")
     print(f"{res['arch']} on {res['task']}: {res['steps']} steps in {res['wall_s']:.0f} s, "

@@ -25,6 +25,8 @@ Sparsity = Literal["target", "l1", "budget"]
 Credit = Literal["none", "read", "probe"]
 AddressWeights = Literal["softmax", "sparsemax", "top1"]
 NonFinite = Literal["stop", "skip"]
+AttentionImpl = Literal["sdpa", "explicit"]
+Autocast = Literal["none", "bf16"]
 
 C = TypeVar("C")
 
@@ -97,6 +99,10 @@ class SelmemConfig:
     check_finite: bool = True
     """forward() checks a given state for NaN/inf (one reduction over the state per call, a
     device sync on GPU): a corrupted state is then an error instead of NaN logits and state."""
+    attention: AttentionImpl = "sdpa"
+    """How the blocks attend over [memory prefix; segment]: 'sdpa' = one fused
+    F.scaled_dot_product_attention (the read attention the memory needs rides in an extra
+    channel); 'explicit' = the softmax written out, the diagnostic reference. Same numbers."""
     bptt_segments: int = 0
     """Truncated BPTT: detach the state every K segments in forward_sequence; 0 = never (all segments)."""
 
@@ -300,10 +306,18 @@ class TrainConfig:
     """Also write ckpt/last every this many steps (0 = only at evaluations)."""
     nonfinite: NonFinite = "stop"
     """A NaN/inf loss, state or gradient: 'stop' the run with the step and layer, or 'skip' the step."""
+    autocast: Autocast = "none"
+    """Mixed precision for the forward pass (torch.autocast): 'bf16' runs matmuls and attention in
+    bfloat16 (GPUs from Ampere on; CPU too, slowly); weights, optimiser and losses stay float32.
+    No fp16: it needs a gradient scaler, and bf16 has float32's range."""
+    compile: bool = False
+    """torch.compile the model's per-segment forward (nn.Module.compile: forward_sequence's segment
+    calls go through the compiled code); the first steps pay the compile time."""
 
     def validate(self) -> TrainConfig:
         check_field_types(self, "train.")
         _check_literal("train.nonfinite", self.nonfinite, _hint(type(self), "nonfinite"))
+        _check_literal("train.autocast", self.autocast, _hint(type(self), "autocast"))
         for name in ["steps", "batch_size", "eval_every", "eval_batches", "log_every"]:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")

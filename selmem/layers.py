@@ -6,6 +6,8 @@ Legend: B batch, T segment length, S memory-prefix length, d width, H heads, D h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +34,51 @@ def rotary_table(start: int, end: int, D: int, dtype: torch.dtype, device: torch
     return ang.cos(), ang.sin()
 
 
+# Rotary tables and causal masks depend only on shapes, dtype and device: build each once per
+# process instead of on every call (a few small kernels per layer per segment, which is most of
+# the attention time at the sizes the CPU presets train). Under torch.compile they are built in
+# the graph, where the compiler folds them.
+_CACHE: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    if torch.compiler.is_compiling():
+        return build()
+    if key not in _CACHE:
+        if len(_CACHE) > 256:  # many shapes (a length sweep): start over rather than grow
+            _CACHE.clear()
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable under autograd later
+            _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def prefix_causal_mask(T: int, S: int, device: torch.device | str) -> Tensor:
+    """(T, S+T) bool, True where query i may attend: all S prefix entries and segment tokens 0..i
+    (causal aligned to the bottom right, which SDPA's is_causal is not)."""
+    build = lambda: torch.ones(T, S + T, dtype=torch.bool, device=device).tril(S)  # noqa: E731
+    return _cached(("mask", T, S, str(device)), build)
+
+
 def rotary(x: Tensor, offset: int = 0, table: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Rotary position embedding over the T axis of x (B, H, T, D), positions offset..offset+T-1
     (from ``table``, a ``rotary_table`` from 0, when given)."""
     T, D = x.shape[-2], x.shape[-1]
     if table is None:
-        cos, sin = rotary_table(offset, offset + T, D, x.dtype, x.device)
+        cos, sin = _cached(("rope", offset, T, D, x.dtype, str(x.device)),
+                           lambda: rotary_table(offset, offset + T, D, x.dtype, x.device))
     else:
         cos, sin = table[0][offset : offset + T], table[1][offset : offset + T]
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def _widen(t: Tensor, first: Tensor | float | None, e: int) -> Tensor:
+    """t (..., D) -> (..., D+e): channel D holds ``first`` (a tensor (..., 1), a constant, or 0 for
+    None), the other e-1 are zero padding."""
+    if first is None:
+        return F.pad(t, (0, e))
+    col = first.to(t.dtype) if isinstance(first, Tensor) else t.new_full((*t.shape[:-1], 1), first)
+    return torch.cat([t, col, t.new_zeros(*t.shape[:-1], e - 1)], dim=-1)
 
 
 class Attention(nn.Module):
@@ -49,13 +86,17 @@ class Attention(nn.Module):
 
     The prefix (memory slots, cached states) is past, so every token may see all of it; inside the
     segment attention is causal when ``causal``. Rotary positions apply to segment tokens only:
-    the prefix is an unordered set. Written out by hand (not SDPA) because the read diagnostics
-    need the attention probabilities on the prefix.
+    the prefix is an unordered set.
+
+    Two implementations with the same numbers: ``fast`` (default) runs one
+    ``F.scaled_dot_product_attention`` over [prefix; segment], so no (B, H, T, S+T) probability
+    matrix is kept for backward; ``fast=False`` is the softmax written out, the reference the fast
+    path is tested against (tests/test_layers.py) and what ``step`` (decoding) uses.
     """
 
-    def __init__(self, dim: int, n_heads: int, causal: bool = True, prefix: bool = True) -> None:
+    def __init__(self, dim: int, n_heads: int, causal: bool = True, prefix: bool = True, fast: bool = True) -> None:
         super().__init__()
-        self.n_heads, self.causal = n_heads, causal
+        self.n_heads, self.causal, self.fast = n_heads, causal, fast
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         # only built when a prefix will be read: unused parameters break DDP and skew param counts
         self.kv_prefix = nn.Linear(dim, 2 * dim, bias=False) if prefix else None
@@ -71,25 +112,56 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
         if rope:
             q, k = rotary(q), rotary(k)
+        pkv = self.prefix_kv(prefix) if prefix is not None else None
+        attend = self._sdpa if self.fast else self._explicit
+        y, read = attend(q, k, v, pkv, prefix_bias)  # (B, H, T, D), (B, T, S) or None
+        return self.out(y.transpose(1, 2).reshape(B, T, d)), read
+
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, pkv: tuple[Tensor, Tensor] | None,
+                  prefix_bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The softmax written out: the diagnostic reference of ``_sdpa``."""
+        B, H, T, D = q.shape
         S = 0
-        if prefix is not None:
-            if self.kv_prefix is None:
-                raise ValueError("this Attention was built with prefix=False and cannot read a prefix")
-            S = prefix.shape[1]
-            pk, pv = self.kv_prefix(prefix).view(B, S, 2, H, d // H).permute(2, 0, 3, 1, 4)
-            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)  # (B, H, S+T, D)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // H)  # (B, H, T, S+T)
+        if pkv is not None:
+            S = pkv[0].shape[2]
+            k, v = torch.cat([pkv[0], k], dim=2), torch.cat([pkv[1], v], dim=2)  # (B, H, S+T, D)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D)  # (B, H, T, S+T)
         if prefix_bias is not None and S:
             bias = torch.cat([prefix_bias, prefix_bias.new_zeros(B, T)], dim=1)  # (B, S+T)
             scores = scores + bias[:, None, None, :]
         if self.causal:
-            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-            mask = torch.cat([torch.zeros(T, S, dtype=torch.bool, device=x.device), future], dim=1)
-            scores = scores.masked_fill(mask, float("-inf"))
+            scores = scores.masked_fill(~prefix_causal_mask(T, S, q.device), float("-inf"))
         probs = scores.softmax(-1)
-        y = (probs @ v).transpose(1, 2).reshape(B, T, d)
-        read = probs[..., :S].mean(1) if prefix is not None else None  # (B, T, S)
-        return self.out(y), read
+        read = probs[..., :S].mean(1) if pkv is not None else None  # (B, T, S)
+        return probs @ v, read
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, pkv: tuple[Tensor, Tensor] | None,
+              prefix_bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``_explicit`` by one fused kernel. The memory's usage needs the read attention on the
+        prefix, which SDPA does not return, so one extra channel carries it: q gets a 1, prefix keys
+        the read bias (times sqrt(D), undoing SDPA's scale) and prefix values a 1, segment keys and
+        values 0. The extra output channel is then the total prefix mass m_t = Z_prefix / Z, and
+        the read map is softmax over the prefix logits alone (T x S, small) times m_t: exact, and
+        differentiable through SDPA's own backward. (Flash kernels need equal q/k/v widths, hence
+        the channel on all three; CUDA kernels want widths in multiples of 8, hence the padding.)"""
+        B, H, T, D = q.shape
+        if pkv is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal), None
+        pk, pv = pkv
+        S = pk.shape[2]
+        mask = prefix_causal_mask(T, S, q.device) if self.causal else None  # (T, S+T)
+        e = 8 if q.is_cuda else 1  # extra channels; only the first is nonzero
+        kb = None if prefix_bias is None else (prefix_bias * math.sqrt(D))[:, None, :, None].expand(B, H, S, 1)
+        qe = _widen(q, 1.0, e)  # (B, H, T, D+e)
+        ke = torch.cat([_widen(pk, kb, e), _widen(k, None, e)], dim=2)  # (B, H, S+T, D+e)
+        ve = torch.cat([_widen(pv, 1.0, e), _widen(v, None, e)], dim=2)  # (B, H, S+T, D+e)
+        ye = F.scaled_dot_product_attention(qe, ke, ve, attn_mask=mask, scale=1 / math.sqrt(D))
+        y, mass = ye[..., :D], ye[..., D : D + 1]  # (B, H, T, D), (B, H, T, 1) prefix mass
+        logits = q @ pk.transpose(-1, -2) / math.sqrt(D)  # (B, H, T, S)
+        if prefix_bias is not None:
+            logits = logits + prefix_bias[:, None, None, :]
+        read = (logits.softmax(-1) * mass).mean(1)  # (B, T, S)
+        return y, read
 
     def prefix_kv(self, prefix: Tensor) -> tuple[Tensor, Tensor]:
         """prefix (B, S, d) -> its keys and values, each (B, H, S, D): computed once per segment
@@ -169,14 +241,14 @@ class Block(nn.Module):
     """Pre-norm Transformer block whose attention may read a prefix (head A of DESIGN section 1)."""
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, layer_idx: int = 0, causal: bool = True,
-                 prefix: bool = True, conv_kernel: int = 0) -> None:
+                 prefix: bool = True, conv_kernel: int = 0, fast: bool = True) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.conv = ShortConv(dim, conv_kernel) if conv_kernel > 1 else None
         self.norm0 = RMSNorm(dim) if self.conv is not None else None
         self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
         self.prefix_norm = RMSNorm(dim) if prefix else None  # prefix=False: never reads one
-        self.attn = Attention(dim, n_heads, causal=causal, prefix=prefix)
+        self.attn = Attention(dim, n_heads, causal=causal, prefix=prefix, fast=fast)
         self.mlp = MLP(dim, mlp_ratio * dim)
 
     def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True,

@@ -64,7 +64,8 @@ class SelectiveMemoryTransformer(nn.Module):
         L, M, d, dm = cfg.n_layers, cfg.slots, cfg.d_model, cfg.d_mem
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_ratio, layer_idx=l,
-                                          prefix=cfg.read == "on", conv_kernel=cfg.short_conv)
+                                          prefix=cfg.read == "on", conv_kernel=cfg.short_conv,
+                                          fast=cfg.attention == "sdpa")
                                     for l in range(L))
         self.read = nn.ModuleList(Read(cfg) for _ in range(L))
         self.select = nn.ModuleList(Select(cfg) for _ in range(L))
@@ -94,13 +95,18 @@ class SelectiveMemoryTransformer(nn.Module):
         return self.cfg.state_floats()
 
     # ------------------------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, state: MemoryState | None = None, mask: Tensor | None = None) -> Output:
+    def forward(self, tokens: Tensor, state: MemoryState | None = None, mask: Tensor | None = None, *,
+                checked: bool = False) -> Output:
         """Process one segment. tokens (B, T) long, T <= max_segment_len.
 
         mask (B, T) bool or None: False marks padding after a row's tokens (right padding). Padding
         writes nothing, its reads do not count in usage, and it does not advance the row's position;
-        a row with no real token keeps its state. Its logits are meaningless."""
-        state = self._check(tokens, state, mask)
+        a row with no real token keeps its state. Its logits are meaningless.
+
+        checked: the caller has checked the token range and the state's finiteness already
+        (forward_sequence does, once per sequence), so skip those two checks: each reads values
+        back from the device, a host sync per segment on the training path."""
+        state = self._check(tokens, state, mask, values=not checked)
         tokens = tokens.long()  # _check accepts int16/uint8 ids too; nn.Embedding takes int64/int32 only
         T = tokens.shape[1]
         pos = state.position[:, None] + torch.arange(T, device=tokens.device)  # (B, T) absolute
@@ -154,12 +160,12 @@ class SelectiveMemoryTransformer(nn.Module):
         sparse = losses.sparsity(gates, cfg.sparsity, cfg.write_rate)
         bound = losses.score_bound(scores, cfg.score_margin)
         recon = torch.stack(rec).mean()
-        if bool((state.position > 0).all()):  # the memory has seen a segment: can it predict this one?
-            memory = self.nce_memory(state.slots.mean(dim=(0, 2)))  # (B, d)
-            segment = self.nce_segment(self.embed(tokens).mean(1))  # (B, d)
-            nce = losses.infonce(memory, segment, cfg.nce_temperature)
-        else:
-            nce = sparse * 0.0
+        # once the memory has seen a segment (every row): can it predict this one? Chosen on the
+        # device (torch.where, no host sync); before that the loss is 0 and so is its gradient
+        memory = self.nce_memory(state.slots.mean(dim=(0, 2)))  # (B, d)
+        segment = self.nce_segment(self.embed(tokens).mean(1))  # (B, d)
+        nce = torch.where((state.position > 0).all(), losses.infonce(memory, segment, cfg.nce_temperature),
+                          sparse * 0.0)
         aux = cfg.lambda_sparse * sparse + cfg.lambda_rec * recon + cfg.lambda_nce * nce + cfg.lambda_score * bound
         return {"sparsity": sparse, "reconstruction": recon, "infonce": nce, "score_bound": bound, "aux": aux}
 
@@ -182,7 +188,8 @@ class SelectiveMemoryTransformer(nn.Module):
         memory for each document: every document's logits are those it gets alone, a padded row's
         those of the row unpadded. Logits at padding are 0."""
         if attention_mask is None and reset is None and doc_ids is None:
-            out = run_segments(self, tokens, segment_len, state)
+            self._check_values(tokens, state)  # once per sequence, not once per segment
+            out = run_segments(self, tokens, segment_len, state, checked=True)
         else:
             out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
                                        reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids))
@@ -237,8 +244,22 @@ class SelectiveMemoryTransformer(nn.Module):
         aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
         return Output(logits, state, {"segments": [o.stats for o in outs]}, aux, scores)
 
-    def _check(self, tokens: Tensor, state: MemoryState | None, mask: Tensor | None = None) -> MemoryState:
-        """Validate a segment and its state at the boundary, with messages that say what to pass."""
+    def _check_values(self, tokens: Any, state: Any) -> None:
+        """The checks that read values (token range, a finite state): one device sync. Anything
+        not shaped as expected is left to ``_check``, which names the problem."""
+        cfg = self.cfg
+        if isinstance(tokens, Tensor) and tokens.dim() == 2 and tokens.numel() and not tokens.is_floating_point():
+            lo, hi = (int(v) for v in torch.stack([tokens.min(), tokens.max()]).long().tolist())
+            if lo < 0 or hi >= cfg.vocab_size:
+                raise ValueError(f"token ids must lie in [0, vocab_size={cfg.vocab_size}), got range [{lo}, {hi}]")
+        if isinstance(state, MemoryState) and cfg.check_finite and not bool(state.finite()):
+            raise NonFiniteState(f"state holds NaN/inf in layer(s) {state.nonfinite_layers()} (slots, usage or "
+                                 "age); it would make the logits and the next state non-finite")
+
+    def _check(self, tokens: Tensor, state: MemoryState | None, mask: Tensor | None = None,
+               values: bool = True) -> MemoryState:
+        """Validate a segment and its state at the boundary, with messages that say what to pass
+        (``values``: also those of ``_check_values``)."""
         cfg = self.cfg
         if not isinstance(tokens, Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
@@ -261,9 +282,8 @@ class SelectiveMemoryTransformer(nn.Module):
             if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
                 raise ValueError("mask must be right padding (True then False in each row); for padding "
                                  "anywhere use forward_sequence(tokens, attention_mask=...)")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= cfg.vocab_size:
-            raise ValueError(f"token ids must lie in [0, vocab_size={cfg.vocab_size}), got range [{lo}, {hi}]")
+        if values:
+            self._check_values(tokens, None)
         if state is None:
             return self.init_state(B, tokens.device)
         if not isinstance(state, MemoryState):
@@ -282,15 +302,15 @@ class SelectiveMemoryTransformer(nn.Module):
                              "move one with .to(device)")
         if state.slots.dtype != self.init_slots.dtype:
             raise ValueError(f"state has dtype {state.slots.dtype} but the model runs in {self.init_slots.dtype}")
-        if cfg.check_finite and not bool(state.finite()):  # one reduction and one sync per call
-            raise NonFiniteState(f"state holds NaN/inf in layer(s) {state.nonfinite_layers()} (slots, usage or "
-                             "age); it would make the logits and the next state non-finite")
+        if values:
+            self._check_values(None, state)  # one reduction and one sync per call
         return state
 
 
-def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, state: Any | None) -> Output:
+def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, state: Any | None,
+                 **kwargs: Any) -> Output:
     """The segment loop behind every model's ``forward_sequence`` (selmem and the baselines): call
-    ``model(segment, state)`` on consecutive segments, detach the state every
+    ``model(segment, state, **kwargs)`` on consecutive segments, detach the state every
     ``model.cfg.bptt_segments`` segments, concatenate logits, average losses."""
     cfg = model.cfg
     seg = segment_len or cfg.max_segment_len
@@ -303,7 +323,7 @@ def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, stat
     for i, start in enumerate(range(0, tokens.shape[1], seg)):
         if K and i and i % K == 0:
             state = state.detach()  # truncated BPTT boundary
-        out = model(tokens[:, start : start + seg], state)
+        out = model(tokens[:, start : start + seg], state, **kwargs)
         state = out.state
         outs.append(out)
     if not outs:

@@ -33,6 +33,7 @@ def test_every_option_field_is_checked():
         "read_bias",
         "address_weights",
         "credit",
+        "attention",
     }
 
 

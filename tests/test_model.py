@@ -89,6 +89,44 @@ def test_streaming_equals_forward_sequence(overrides, seg):
     assert len(whole.stats["segments"]) == -(-23 // seg)
 
 
+# --- fast path == diagnostic path ----------------------------------------------------------------
+FAST_VARIANTS = [
+    *VARIANTS[:4],  # read on (hints, no hints, meta-cache) and off
+    pytest.param(dict(read_bias="usage"), id="read-bias"),  # a prefix bias rides in SDPA's extra channel
+    pytest.param(dict(read_bias="usage", cache_transform="none", credit="read"), id="bias-nohints-readcredit"),
+]
+
+
+@pytest.mark.parametrize("overrides", FAST_VARIANTS)
+def test_sdpa_attention_equals_the_explicit_path(overrides):
+    """attention='sdpa' (training's path) and 'explicit' (the diagnostic softmax) give the same
+    logits, final state, read maps, losses and gradients over a streamed sequence, in float64."""
+    x = tokens(2, 19)
+    answer = torch.zeros(2, 19, dtype=torch.bool)
+    answer[:, -3:] = True
+    outs, gs = [], []
+    for impl in ("sdpa", "explicit"):
+        torch.manual_seed(0)
+        model = tiny_model(attention=impl, **overrides)
+        out = model.forward_sequence(x, segment_len=5, answer_mask=answer, answer_targets=x)
+        (out.logits.square().mean() + out.losses["aux"]).backward()
+        outs.append(out)
+        gs.append(grads(model))
+    fast, ref = outs
+    assert_close("logits", ref.logits, fast.logits, atol=1e-12)
+    state_equal(ref.state, fast.state, atol=1e-12)
+    for k in ref.losses:
+        assert_close(f"loss {k}", ref.losses[k], fast.losses[k], atol=1e-12)
+    for s_ref, s_fast in zip(ref.stats["segments"], fast.stats["segments"], strict=True):
+        for l_ref, l_fast in zip(s_ref["layers"], s_fast["layers"], strict=True):
+            assert (l_ref["read"] is None) == (l_fast["read"] is None) == (overrides.get("read") == "off")
+            if l_ref["read"] is not None:
+                assert_close("read map", l_ref["read"], l_fast["read"], atol=1e-12)
+    assert gs[0].keys() == gs[1].keys()
+    for name in gs[1]:
+        assert_close(f"grad {name}", gs[1][name], gs[0][name], atol=1e-10)
+
+
 @pytest.mark.parametrize("overrides", VARIANTS[:3])
 def test_prefix_then_rest_equals_one_call(overrides):
     """8 tokens, then the rest with the returned state, equals one forward_sequence call."""

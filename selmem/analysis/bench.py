@@ -16,12 +16,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import resource
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from selmem.analysis import bench_scale as scale
 from selmem.experiment import ExperimentConfig
 
 
@@ -43,6 +45,16 @@ class BenchConfig:
     """Size txl/rmt/armt to selmem's carried state, as compare does."""
     out: str = ""
     """Also write the table to this markdown file."""
+    page: str = ""
+    """Write the full record here (docs/BENCHMARKS.md): this table with each model's training
+    speed as a ratio to local, streaming at stream_lengths, a selmem step's breakdown, a PNG and
+    the machine. Run it on idle cores: timings on a loaded machine mean nothing."""
+    stream_models: list[str] = field(default_factory=lambda: ["selmem", "txl", "full"])
+    """Models streamed at growing lengths (with --bench.page or --bench.stream-lengths)."""
+    stream_lengths: list[int] = field(default_factory=list)
+    """Tokens streamed per model (batch 1, no gradient); empty = none, or 1K 16K 256K 1M with --bench.page."""
+    stream_budget_s: float = 600.0
+    """Give up on a (model, length) after this many seconds (full attention is quadratic); 0 = never."""
 
 
 @dataclass
@@ -127,26 +139,55 @@ def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]],
             raise ValueError(f"--bench.{name.replace('_', '-')} must be >= 1, got {getattr(bc, name)}")
     if bc.warmup < 0 or bc.seq_len < 0:
         raise ValueError("--bench.warmup and --bench.seq-len must be >= 0")
+    unknown = [m for m in bc.stream_models if m not in STATE_KNOB]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown} in --bench.stream-models; known: {sorted(STATE_KNOB)}")
+    if any(n < 1 for n in bc.stream_lengths):
+        raise ValueError(f"--bench.stream-lengths must be >= 1 tokens each, got {bc.stream_lengths}")
     exp = exp.resolved()
     exp = replace(exp, model=replace(exp.model, max_segment_len=max(exp.model.max_segment_len, exp.segment_len())))
-    rows = []
-    ctx = mp.get_context("spawn")
-    for name in bc.models:  # one fresh process per model: its peak memory is its own
-        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            rows.append(pool.submit(bench_one, name, exp.to_dict(), bc.__dict__).result())
+    rows = [_fresh(bench_one, name, exp.to_dict(), bc.__dict__) for name in bc.models]
     table = markdown_table(rows)
     if bc.out:
         Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
         Path(bc.out).write_text(table + "\n")
+    lengths = bc.stream_lengths or (STREAM_LENGTHS if bc.page else [])
+    stream_rows = [_fresh(scale.stream_one, name, exp.to_dict(), n, bc.stream_budget_s)
+                   for name in bc.stream_models for n in lengths]
+    if stream_rows:
+        table += "\n\n" + "\n".join(f"streamed {r['tokens']:,} tokens with {r['model']}: " +
+                                     (r["error"] if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s, "
+                                      f"peak {r['peak_mem_mb']:.0f} MB") for r in stream_rows)
+    if bc.page:
+        profile = _fresh(scale.profile_step, exp.to_dict(), bc.batch_size, bc.seq_len, bc.repeats)
+        page = Path(bc.page)
+        png = scale.plot(stream_rows, page.parent / "img" / "benchmarks.png")
+        command = "selmem bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "selmem bench"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(scale.page(command, markdown_table(rows), stream_rows, profile, rows,
+                                   scale.machine(rows[0]["device"] if rows else "cpu"),
+                                   str(png.relative_to(page.parent)) if png else None))
     return rows, table
 
 
+#: the streaming lengths of the record (the issue's 1K / 16K / 256K / 1M tokens)
+STREAM_LENGTHS = [2**10, 2**14, 2**18, 2**20]
+
+
+def _fresh(fn, *args: Any) -> Any:
+    """fn(*args) in a fresh process, so that its peak memory is its own."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | params | state floats | train tok/s | stream tok/s | peak MB |",
-             "|---|---|---|---|---|---|"]
+    local = next((r["train_tokens_per_s"] for r in rows if r["model"] == "local"), None)
+    lines = ["| model | params | state floats | train tok/s | train x local | stream tok/s | peak MB |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
+        ratio = f"{r['train_tokens_per_s'] / local:.2f}" if local else "-"
         lines.append(f"| {r['model']} | {r['params']:,} | {r['state_floats']:,} | {r['train_tokens_per_s']:,.0f} | "
-                     f"{r['infer_tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} |")
+                     f"{ratio} | {r['infer_tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} |")
     if rows:
         r = rows[0]
         lines.append(f"\nbatch {r['batch_size']} x {r['seq_len']} tokens on {r['device']}; "

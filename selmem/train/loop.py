@@ -7,13 +7,14 @@ Batch ``i`` of training is the task's train batch ``i``, so the data position is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from selmem.metrics import memory_metrics
 from selmem.model import SelectiveMemoryTransformer
 from selmem.state import MemoryState, NonFiniteState
 from selmem.tasks.base import Batch, Task
-from selmem.train import checkpoint, run
+from selmem.train import checkpoint, dist, run
 from selmem.train.optim import build_optimizer, build_scheduler
 from selmem.train.progress import Progress
 from selmem.train.seed import rng_state, seed_everything, set_rng_state
@@ -80,12 +81,15 @@ def nonfinite_forward(model: nn.Module, step: int, loss: Tensor, out: Any) -> st
         checks.append(state.finite())
     if bool(torch.stack(checks).all()):
         return None
-    bad = [f"{k} is {float(v)}" for k, v in losses.items() if not torch.isfinite(v).all()]
+    bad = [f"{k} is {float(v.detach())}" for k, v in losses.items() if not torch.isfinite(v).all()]
     layers = state.nonfinite_layers() if state is not None else []
-    if layers:
+    weight = nonfinite_weight(model)  # a pass over the weights, on a fault only
+    if layers and weight.startswith("parameter"):  # a bad weight is the cause, the state its effect
+        where = f"the state holds NaN/inf in layer(s) {layers}; {weight}"
+    elif layers:
         where = f"the state of layer {layers[0]} holds NaN/inf" + (f" (also layers {layers[1:]})" if layers[1:] else "")
     else:
-        where = nonfinite_weight(model)
+        where = weight
     return f"non-finite forward at step {step}: {', '.join(bad) or 'the losses are finite'}; {where}"
 
 
@@ -162,6 +166,7 @@ class Trainer:
     model: nn.Module
     task: Task
     device: torch.device
+    world: dist.World = field(default_factory=dist.World)
 
     @classmethod
     def create(cls, exp: ExperimentConfig) -> Trainer:
@@ -170,58 +175,79 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         device = resolve_device(tc.device)
+        world = dist.init(device.type)  # under torchrun: join the other ranks; else a world of one
+        if world.distributed and device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
         default = f"{exp.arch}-{exp.task.name}"
-        run_dir = run.make_run_dir(tc.out_dir, tc.name, default, tc.resume)
-        if tc.resume:
-            _check_resumable(run_dir, exp)
-        print(f"run folder: {run_dir}" + ("" if tc.resume else f"  (continue it with --train.name {run_dir.name} "
-              "--train.resume)"), file=sys.stderr, flush=True)
-        seed_everything(tc.seed)
+        run_dir = None
+        if world.main:  # rank 0 owns the run folder; the others learn its path from it
+            run_dir = run.make_run_dir(tc.out_dir, tc.name, default, tc.resume)
+            if tc.resume:
+                _check_resumable(run_dir, exp)
+            print(f"run folder: {run_dir}" + ("" if tc.resume else f"  (continue it with --train.name "
+                  f"{run_dir.name} --train.resume)"), file=sys.stderr, flush=True)
+        run_dir = Path(dist.broadcast(str(run_dir), world))
+        seed_everything(tc.seed)  # every rank: the same initial weights and noise streams
         model, task = build(exp)
-        run.write_command(run_dir)
-        exp.to_yaml(run_dir / "config.yaml")
-        (run_dir / "env.json").write_text(json.dumps(run.environment(device), indent=1))
-        return cls(exp, run_dir, model.to(device), task, device)
+        if world.main:
+            run.write_command(run_dir)
+            exp.to_yaml(run_dir / "config.yaml")
+            (run_dir / "env.json").write_text(json.dumps({**run.environment(device), "world_size": world.size},
+                                                          indent=1))
+        model = model.to(device)
+        if tc.compile:
+            model.compile()  # compiles forward in place: forward_sequence's self(...) calls run compiled
+        return cls(exp, run_dir, model, task, device, world)
 
     def fit(self) -> dict[str, Any]:
         exp, tc, task, model = self.exp, self.exp.train, self.task, self.model
         opt = build_optimizer(model, tc)
         sched = build_scheduler(opt, tc)
-        logger = run.DiskLogger(self.run_dir / "metrics.jsonl")
+        world = self.world
+        logger = run.DiskLogger(self.run_dir / "metrics.jsonl") if world.main else _NoLogger()
+        self.step_model = dist.ddp(model, self.device) if world.distributed else None
         seg = exp.segment_len()
         test = task.test_set(tc.eval_batches, tc.batch_size)
         higher = task.chance is not None  # classification: accuracy up; LM: bits down
         step, best, elapsed, skipped = 0, None, 0.0, 0
         if tc.resume:
+            if not world.main:
+                dist.barrier(world)  # rank 0 loads first: recovering a torn checkpoint may rename files
             meta, rng = checkpoint.load_checkpoint(self.run_dir / "ckpt" / "last", model, opt, sched)
             step, best, elapsed = meta["step"], meta.get("best"), meta.get("elapsed", 0.0)
             skipped = meta.get("skipped", 0)
-            set_rng_state(rng)
-            run.truncate_metrics(self.run_dir, step)  # records past the checkpoint are redone
-            print(f"resuming {self.run_dir} from step {step} of {tc.steps} (ckpt/last)", file=sys.stderr)
-        progress = Progress(tc.steps, step, tc.progress, higher, elapsed=elapsed)
+            set_rng_state(rng)  # rank 0's, which every rank had: same seed, same draws
+            if world.main:
+                run.truncate_metrics(self.run_dir, step)  # records past the checkpoint are redone
+                print(f"resuming {self.run_dir} from step {step} of {tc.steps} (ckpt/last)", file=sys.stderr)
+                dist.barrier(world)
+        progress = Progress(tc.steps, step, tc.progress and world.main, higher, elapsed=elapsed)
         start, tokens, t_log = time.time() - elapsed, 0, time.time()
         model.train()
         last_eval: dict[str, float] = {}
         while step < tc.steps:
-            batch = task.batch("train", step, tc.batch_size).to(self.device)
+            batch = dist.shard_batch(task.batch("train", step, tc.batch_size), world).to(self.device)
             loss, right, n, out, fault = self._step(step, batch, seg, opt, sched)
             if fault:
                 skipped += 1
                 progress.note(f"skipped step {step + 1}: {fault}")
             step += 1
-            tokens += batch.tokens.numel()
+            tokens += batch.tokens.numel() * world.size
             out_of_time = bool(tc.time_budget_s) and time.time() - start > tc.time_budget_s
+            if tc.time_budget_s and world.distributed:  # every rank stops at the same step
+                out_of_time = bool(dist.all_sum(torch.tensor([float(out_of_time)]), world) > 0)
             evaluate_now = step % tc.eval_every == 0 or step == tc.steps or out_of_time
             if step % tc.log_every == 0 or step == tc.steps or out_of_time:
                 now = time.time()
-                rec = {"step": step, "split": "train", "loss": float(loss.detach()), "accuracy": int(right) / n,
+                loss_all, acc = dist.global_loss(loss, right, n, world)
+                rec = {"step": step, "split": "train", "loss": loss_all, "accuracy": acc,
                        "lr": sched.get_last_lr()[0], "tokens_per_s": tokens / max(now - t_log, 1e-9),
-                       "elapsed": now - start, **_extras(out, batch, skipped)}
+                       "elapsed": now - start, **dist.mean_over_ranks(_extras(out, batch, skipped), world)}
                 logger.log(rec)
                 tokens, t_log = 0, now
                 progress.update(step, rec, last_eval)
-            if evaluate_now:
+            if evaluate_now and world.main:  # the others go on; DDP's next all-reduce waits for rank 0
                 last_eval = evaluate(model, test, seg, self.device, task)
                 logger.log({"step": step, "split": "test", "elapsed": time.time() - start, **last_eval})
                 key = "accuracy" if higher else "bits_per_token"
@@ -231,16 +257,21 @@ class Trainer:
                     checkpoint.save_checkpoint(self.run_dir / "ckpt" / "best", model,
                                                meta={"step": step, key: last_eval[key]})
                 progress.evaluated(step, last_eval)
-            if evaluate_now or (tc.ckpt_every and step % tc.ckpt_every == 0):
+            if world.main and (evaluate_now or (tc.ckpt_every and step % tc.ckpt_every == 0)):
                 checkpoint.save_checkpoint(self.run_dir / "ckpt" / "last", model, opt, sched, rng_state(),
                                            meta={"step": step, "best": best, "elapsed": time.time() - start,
                                                  **({"skipped": skipped} if skipped else {})})
             if out_of_time:
                 break
         progress.close()
+        if not world.main:
+            dist.barrier(world)  # rank 0 writes results.json; return once it has
+            return {}
         if not last_eval:  # resumed a run killed after its last checkpoint, before results.json
             last_eval = evaluate(model, test, seg, self.device, task)
-        return self._finish(step, time.time() - start, last_eval)
+        results = self._finish(step, time.time() - start, last_eval)
+        dist.barrier(world)
+        return results
 
     def _step(self, step: int, batch: Batch, seg: int, opt: torch.optim.Optimizer,
               sched: Any) -> tuple[Tensor, Tensor | int, int, Any, str | None]:
@@ -248,20 +279,29 @@ class Trainer:
         in the loss, the state or a gradient raises FloatingPointError naming the step and the
         layer, before any weight changes; with train.nonfinite='skip' the step is skipped instead
         (the schedule still advances: batch i stays step i) and ``fault`` says why."""
-        model, tc = self.model, self.exp.train
+        model, tc, world = self.model, self.exp.train, self.world
         out, loss, right, n = None, torch.tensor(float("nan")), 0, 1
+        forward = self.step_model if getattr(self, "step_model", None) is not None else model.forward_sequence
         try:
-            out = model.forward_sequence(batch.tokens, seg, **credit_kwargs(model, batch), **reset_kwargs(model, batch))
+            with self._autocast():
+                out = forward(batch.tokens, seg, **credit_kwargs(model, batch), **reset_kwargs(model, batch))
         except NonFiniteState as e:  # a segment made a state that the next one refuses
             fault: str | None = f"non-finite forward at step {step + 1}: {e}; {nonfinite_weight(model)}"
         else:
             loss, right, n = task_loss(out.logits, batch)
             fault = nonfinite_forward(model, step + 1, loss, out)
-            if fault is None:
-                opt.zero_grad(set_to_none=True)
-                (loss + out.losses["aux"]).backward()
-                norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else None
-                fault = nonfinite_gradient(model, step + 1, norm)
+        if world.distributed:  # all ranks run backward (DDP's all-reduce) or none does
+            fault = dist.any_fault(fault, step + 1, world)
+        if out is not None and fault is None:
+            # the gradient of the global batch: each rank's mean over its n scored positions, scaled
+            # by n / (global n / world); DDP then averages over ranks
+            task = loss
+            if world.distributed:
+                task = loss * (n * world.size / float(dist.all_sum(torch.tensor([float(n)]), world)))
+            opt.zero_grad(set_to_none=True)
+            (task + out.losses["aux"]).backward()
+            norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else None
+            fault = nonfinite_gradient(model, step + 1, norm)
         if fault is not None and tc.nonfinite == "stop":
             raise FloatingPointError(f"{fault}. The last good checkpoint is intact in {self.run_dir / 'ckpt'}; "
                                      "lower train.lr, raise train.grad_clip, or set train.nonfinite=skip")
@@ -270,6 +310,12 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         sched.step()
         return loss, right, n, out, fault
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """torch.autocast in train.autocast's dtype for the forward pass, or nothing."""
+        if self.exp.train.autocast == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _finish(self, step: int, wall: float, final: dict[str, float]) -> dict[str, Any]:
         logged = run.read_metrics(self.run_dir)
@@ -287,6 +333,13 @@ class Trainer:
                    "curve": [[r["step"], r[key]] for r in logged if r.get("split") == "test" and key in r]}
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results
+
+
+class _NoLogger:
+    """The logger of ranks other than 0: rank 0 writes the (already reduced) records."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
 
 
 def _extras(out: Any, batch: Batch, skipped: int) -> dict[str, float]:
@@ -320,6 +373,9 @@ def _check_resumable(run_dir: Path, exp: ExperimentConfig) -> None:
 def train(exp: ExperimentConfig) -> dict[str, Any]:
     """Train ``exp`` end to end; returns results.json's content (the run folder is in 'run_dir')."""
     trainer = Trainer.create(exp)
-    results = trainer.fit()
+    try:
+        results = trainer.fit()
+    finally:
+        dist.close(trainer.world)
     results["run_dir"] = str(trainer.run_dir)
-    return results
+    return results  # {} but the run folder on ranks other than 0

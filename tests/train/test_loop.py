@@ -254,3 +254,14 @@ def test_packed_code_lm_batches_reach_selmem_as_resets():
     packed = model.forward_sequence(batch.tokens, 32, **kwargs).logits
     assert not torch.allclose(packed, model.forward_sequence(batch.tokens, 32).logits)
     assert reset_kwargs(build_model("local", model.cfg), batch) == {}
+
+
+def test_bf16_autocast_trains_and_differs_from_float32(tmp_path):
+    """train.autocast='bf16' runs the forward in bfloat16 (CPU autocast here, the GPU one in
+    practice): the run trains to finite losses, and they are not float32's to the bit."""
+    fp32 = train(smoke(tmp_path, name="fp32", steps=2, eval_every=2))
+    bf16 = train(smoke(tmp_path, name="bf16", steps=2, eval_every=2, autocast="bf16"))
+    a, b = (metrics(r["run_dir"], "train") for r in (fp32, bf16))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in b)
+    assert [r["loss"] for r in a] != [r["loss"] for r in b]
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=0.05)

@@ -1,0 +1,220 @@
+"""The parts of ``selmem bench`` beyond the per-model table: streaming at growing lengths, a
+breakdown of a selmem training step, and docs/BENCHMARKS.md.
+
+    selmem bench --config configs/cpu.yaml --bench.page docs/BENCHMARKS.md
+
+Streaming: one sequence of N tokens (1K .. 1M) fed segment by segment with no gradient, keeping
+only the carried state (what a deployed stream does), each (model, N) in a fresh process so that
+its peak memory is its own. A model that runs out of memory, or would pass ``stream_budget_s``,
+gets a row that says so: full attention's cache and cost grow with N, that is the point.
+
+Breakdown: wall time of each part of one selmem training step's forward, by forward hooks on the
+parts (and a wrapper of the update function), synchronised on a GPU; the backward and the
+optimiser step are one line each. Hooks cost a little, so the parts' sum is what to compare,
+not the step time of the training table.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from selmem.experiment import ExperimentConfig
+
+PARTS = ["blocks (attention incl. the read, MLP)", "read (prefix)", "select", "compress", "address",
+         "update", "cache transform", "rest of forward (embed, head, losses)", "backward", "optimiser step"]
+
+
+def stream_one(name: str, exp_dict: dict[str, Any], n_tokens: int, budget_s: float) -> dict[str, Any]:
+    """Worker: stream ``n_tokens`` through model ``name`` (batch 1) -> tokens/s and peak memory."""
+    import torch
+
+    from selmem.analysis.compare import matched_config
+    from selmem.baselines import build_model, state_size
+    from selmem.train.loop import resolve_device
+
+    exp = ExperimentConfig.from_dict(exp_dict)
+    if exp.train.threads > 0:
+        torch.set_num_threads(exp.train.threads)
+    torch.manual_seed(exp.train.seed)
+    device = resolve_device(exp.train.device)
+    cfg = matched_config(name, exp.model, state_size("selmem", exp.model))
+    model = build_model(name, cfg).to(device).eval()
+    seg = exp.segment_len()
+    gen = torch.Generator(device).manual_seed(exp.train.seed)
+
+    def segment(t: int):  # drawn as needed: nothing of size n_tokens is ever held
+        return torch.randint(0, cfg.vocab_size, (1, t), device=device, generator=gen)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    row = {"model": name, "tokens": n_tokens, "device": str(device)}
+    state, done = None, 0
+    try:
+        with torch.no_grad():
+            model(segment(seg), None)  # warm-up segment, untimed
+            sync()
+            t0 = time.perf_counter()
+            for start in range(0, n_tokens, seg):
+                state = model(segment(min(seg, n_tokens - start)), state).state
+                done = start + seg
+                if budget_s and time.perf_counter() - t0 > budget_s:
+                    raise TimeoutError
+            sync()
+    except (torch.OutOfMemoryError, MemoryError):
+        return {**row, "error": "out of memory"}
+    except TimeoutError:
+        return {**row, "error": f"over {budget_s:.0f} s (at {done:,} tokens)"}
+    wall = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {**row, "tokens_per_s": n_tokens / wall, "peak_mem_mb": peak}
+
+
+def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeats: int) -> dict[str, float]:
+    """Worker: seconds per part of a selmem training step (forward parts by hooks), mean of
+    ``repeats`` steps after one warm-up step."""
+    import torch
+    import torch.nn.functional as F
+
+    import selmem.memory.layer as layer_mod
+    from selmem.model import SelectiveMemoryTransformer
+    from selmem.train.loop import resolve_device
+
+    exp = ExperimentConfig.from_dict(exp_dict)
+    if exp.train.threads > 0:
+        torch.set_num_threads(exp.train.threads)
+    torch.manual_seed(exp.train.seed)
+    device = resolve_device(exp.train.device)
+    model = SelectiveMemoryTransformer(exp.model).to(device).train()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    spent: dict[str, float] = defaultdict(float)
+
+    def clock(part: str, fn):
+        def timed(*args, **kwargs):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync()
+            spent[part] += time.perf_counter() - t0
+            return out
+        return timed
+
+    groups = {PARTS[0]: model.blocks, PARTS[1]: model.read, PARTS[2]: model.select, PARTS[3]: model.compress,
+              PARTS[4]: model.address, PARTS[6]: [model.cache_transform]}
+    for part, mods in groups.items():
+        for m in mods:
+            m.forward = clock(part, m.forward)
+    layer_mod.update = clock("update", layer_mod.update)  # this worker process only
+    N, seg = seq_len or exp.task.seq_len, exp.segment_len()
+    x = torch.randint(0, exp.model.vocab_size, (batch_size, N + 1), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    total: dict[str, float] = defaultdict(float)
+    for i in range(repeats + 1):
+        spent.clear()
+        sync()
+        t0 = time.perf_counter()
+        out = model.forward_sequence(x[:, :-1], seg)
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), x[:, 1:].flatten()) + out.losses["aux"]
+        sync()
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        opt.step()
+        sync()
+        t3 = time.perf_counter()
+        spent[PARTS[7]] = (t1 - t0) - sum(v for k, v in spent.items())
+        spent[PARTS[8]], spent[PARTS[9]] = t2 - t1, t3 - t2
+        if i:  # the first step warms up
+            for k, v in spent.items():
+                total[k] += v / repeats
+    return {p: total.get(p, 0.0) for p in PARTS}
+
+
+def machine(device: str) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import os
+
+    import torch
+
+    m = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+         "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": device}
+    if device.startswith("cuda"):
+        m["gpu"] = torch.cuda.get_device_name(0)
+    try:  # a loaded machine gives meaningless timings: record how loaded it was
+        m["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return m
+
+
+def bars(train_rows: list[dict[str, Any]], stream_rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, each as met / not met / not measured, from the rows."""
+    out = []
+    local = {r["model"]: r for r in train_rows}
+    if "selmem" in local and "local" in local:
+        ratio = local["selmem"]["train_tokens_per_s"] / local["local"]["train_tokens_per_s"]
+        out.append(f"selmem training at {ratio:.2f}x local: target >= 0.75x "
+                   f"{'met' if ratio >= 0.75 else 'NOT met (see the breakdown)'}")
+    ok = {r["tokens"]: r for r in stream_rows if r["model"] == "selmem" and "error" not in r}
+    if 2**14 in ok and 2**20 in ok:
+        a, b = ok[2**14], ok[2**20]
+        mem, speed = b["peak_mem_mb"] / a["peak_mem_mb"] - 1, b["tokens_per_s"] / a["tokens_per_s"] - 1
+        met = abs(mem) <= 0.05 and abs(speed) <= 0.10
+        out.append(f"selmem streaming 1M vs 16K tokens: peak memory {mem:+.1%}, tokens/s {speed:+.1%}; "
+                   f"target within 5% / 10% {'met' if met else 'NOT met'}")
+    return out or ["(not measured: run with local in --bench.models and 16K and 1M in --bench.stream-lengths)"]
+
+
+def plot(stream_rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """tokens/s and peak memory against streamed length, one line per model (None without
+    matplotlib, an optional extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name in dict.fromkeys(r["model"] for r in stream_rows):
+        rows = [r for r in stream_rows if r["model"] == name and "error" not in r]
+        n = [r["tokens"] for r in rows]
+        ax1.plot(n, [r["tokens_per_s"] for r in rows], marker="o", label=name)
+        ax2.plot(n, [r["peak_mem_mb"] for r in rows], marker="o", label=name)
+    for ax, title in ((ax1, "streaming tokens/s"), (ax2, "peak memory (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens streamed")
+        ax.set_title(title)
+    ax1.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def page(command: str, table: str, stream_rows: list[dict[str, Any]], profile: dict[str, float] | None,
+         train_rows: list[dict[str, Any]], mach: dict[str, Any], png: str | None) -> str:
+    """docs/BENCHMARKS.md's text: every number from the rows passed in."""
+    lines = ["# Benchmarks", "", f"Generated by `{command}`; do not edit by hand.", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in mach.items()) + ".", "", "## Targets", ""]
+    lines += [f"- {b}" for b in bars(train_rows, stream_rows)]
+    lines += ["", "## Training and streaming throughput per model", "", table, "", "## Streaming length", "",
+              "| model | tokens | tokens/s | peak MB |", "|---|---|---|---|"]
+    for r in stream_rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['tokens']:,} | {r['error']} | |")
+        else:
+            lines.append(f"| {r['model']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} |")
+    if png:
+        lines += ["", f"![streaming tokens/s and peak memory]({png})"]
+    if profile:
+        step = sum(profile.values())
+        lines += ["", "## Where a selmem training step goes", "", "| part | ms | share |", "|---|---|---|"]
+        lines += [f"| {k} | {v * 1e3:.1f} | {v / step:.0%} |" for k, v in profile.items()]
+    return "\n".join(lines) + "\n"
