@@ -51,13 +51,21 @@ def pop_config(args: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
-def parse_experiment(args: list[str], prog: str):
+def parse_on_config(args: list[str], cls: type, default: Callable[[Any], Any], prog: str, **kw: Any):
+    """Parse ``cls`` from ``args``, starting from ``default(experiment)`` where the experiment is
+    ``--config FILE.yaml`` (or the defaults without one)."""
     from selmem.experiment import ExperimentConfig
 
     path, rest = pop_config(args)
-    default = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
-    return tyro.cli(ExperimentConfig, args=rest, default=default, prog=prog,
-                    description="Train a model on a task. Start from --config FILE.yaml, override any field.")
+    base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
+    return tyro.cli(cls, args=rest, default=default(base), prog=prog, **kw)
+
+
+def parse_experiment(args: list[str], prog: str):
+    from selmem.experiment import ExperimentConfig
+
+    return parse_on_config(args, ExperimentConfig, lambda base: base, prog,
+                           description="Train a model on a task. Start from --config FILE.yaml, override any field.")
 
 
 def cmd_train(args: list[str]) -> int:
@@ -180,11 +188,8 @@ def cmd_inspect(args: list[str]) -> int:
 
 def cmd_compare(args: list[str]) -> int:
     from selmem.analysis.compare import CompareArgs, CompareConfig, compare
-    from selmem.experiment import ExperimentConfig
 
-    path, rest = pop_config(args)
-    base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
-    a = tyro.cli(CompareArgs, args=rest, default=CompareArgs(CompareConfig(), base), prog="selmem compare")
+    a = parse_on_config(args, CompareArgs, lambda base: CompareArgs(CompareConfig(), base), "selmem compare")
     out_dir, table = compare(a.exp, a.compare)
     print(f"\n{table}\n\nwritten to {out_dir}/ (results.md, results.csv, curves.png, state.png)")
     return 0
@@ -192,11 +197,8 @@ def cmd_compare(args: list[str]) -> int:
 
 def cmd_ablate(args: list[str]) -> int:
     from selmem.analysis.ablate import AblateArgs, AblateConfig, ablate
-    from selmem.experiment import ExperimentConfig
 
-    path, rest = pop_config(args)
-    base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
-    a = tyro.cli(AblateArgs, args=rest, default=AblateArgs(AblateConfig(), base), prog="selmem ablate")
+    a = parse_on_config(args, AblateArgs, lambda base: AblateArgs(AblateConfig(), base), "selmem ablate")
     out_dir, table = ablate(a.exp, a.ablate)
     print(f"\n{table}\n\nwritten to {out_dir}/ (results.md, results.json, ablation.png)")
     return 0
@@ -213,11 +215,8 @@ def cmd_length(args: list[str]) -> int:
 
 def cmd_bench(args: list[str]) -> int:
     from selmem.analysis.bench import BenchArgs, BenchConfig, bench
-    from selmem.experiment import ExperimentConfig
 
-    path, rest = pop_config(args)
-    base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
-    a = tyro.cli(BenchArgs, args=rest, default=BenchArgs(BenchConfig(), base), prog="selmem bench")
+    a = parse_on_config(args, BenchArgs, lambda base: BenchArgs(BenchConfig(), base), "selmem bench")
     _, table = bench(a.exp, a.bench)
     print(f"\n{table}" + (f"\n\nwritten to {a.bench.out}" if a.bench.out else ""))
     return 0

@@ -68,13 +68,18 @@ def slug(variant: str) -> str:
     return variant.replace(": ", "-").replace("_", "-").replace(" ", "-")
 
 
-def plan(base: ExperimentConfig, ac: AblateConfig, out_dir: Path) -> list[tuple[str, ExperimentConfig]]:
-    """(variant, experiment) for every variant and seed, selmem throughout."""
+def check(ac: AblateConfig) -> None:
+    """Raise ValueError naming an unknown variant or a missing seed."""
     unknown = [v for v in ac.variants if v not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {list(ABLATIONS)}")
     if not ac.seeds:
         raise ValueError("ablate needs at least one seed")
+
+
+def plan(base: ExperimentConfig, ac: AblateConfig, out_dir: Path) -> list[tuple[str, ExperimentConfig]]:
+    """(variant, experiment) for every variant and seed, selmem throughout."""
+    check(ac)
     base = replace(base, arch="selmem").resolved()
     variants = list(dict.fromkeys([FULL, *ac.variants]))  # the reference is always trained
     out = []
@@ -158,7 +163,7 @@ def write_report(out_dir: Path, results: list[dict[str, Any]], base: ExperimentC
 
 def ablate(base: ExperimentConfig, ac: AblateConfig) -> tuple[Path, str]:
     """Train every (variant, seed) of ``ac`` on ``base``'s task and budget; write the report."""
-    planned = plan(base, ac, Path(base.train.out_dir))  # bad variants fail before any folder exists
+    check(ac)  # bad variants fail before any folder exists
     out_dir = new_folder(base, ac.name, "ablate")
     planned = plan(base, ac, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")

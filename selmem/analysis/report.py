@@ -74,7 +74,8 @@ def _verdict(delta: float, se: float, seeds: int) -> str:
 def verdicts(folders: list[Path]) -> list[str]:
     """One line per claim and task, with the figure that decides it."""
     lines = []
-    ablations = [(f, _load(f)) for f in folders if _load(f).get("kind") == "ablate"]
+    loaded = [(f, _load(f)) for f in folders]
+    ablations = [(f, data) for f, data in loaded if data.get("kind") == "ablate"]
     for claim, variant in CLAIMS.items():
         for folder, data in ablations:
             rows = {r["model"]: r for r in data["rows"]}
@@ -100,8 +101,7 @@ def verdicts(folders: list[Path]) -> list[str]:
         lines.append(f"- **compression saves state** ({data['runs'][0]['task']}, `{folder.name}`): {held}. "
                      f"selmem {fmt_metric(ref, key)} with {ref['state_floats']:,} floats; raw features "
                      f"(compress: none) {fmt_metric(r, key)} with {r['state_floats']:,} floats.")
-    for folder in folders:
-        data = _load(folder)
+    for folder, data in loaded:
         if data.get("kind") != "length":
             continue
         table = summarise_lengths(data["points"])
