@@ -79,7 +79,10 @@ def cmd_train(args: list[str]) -> int:
     print(f"\nrun folder: {res['run_dir']}")
     print(f"{res['arch']} on {res['task']}: {res['steps']} steps in {res['wall_s']:.0f} s, "
           f"{res['params']:,} params, {res['state_floats']:,} floats of carried state")
-    if res["chance"] is not None:
+    if res.get("metric") == "exact_match":
+        print(f"test exact match {test['exact_match']:.1%} of answers, {test['accuracy']:.1%} of answer "
+              f"tokens   (chance {res['chance']:.1%})")
+    elif res["chance"] is not None:
         print(f"test answer accuracy {test['accuracy']:.1%}   (chance {res['chance']:.1%})")
     else:
         print(f"test loss {test['bits_per_token']:.3f} bits per token")

@@ -18,6 +18,7 @@ from typing import Any
 
 from selmem.analysis.compare import fmt_metric, metric_keys, new_folder, run_all, summarise
 from selmem.experiment import ExperimentConfig
+from selmem.tasks.base import PERCENT_METRICS
 
 FULL = "selmem"
 # variant -> the model fields it changes (DESIGN §2's ablation values, the auxiliary losses at 0,
@@ -111,7 +112,7 @@ def differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     keys = metric_keys(rows)
     head = " | ".join(f"test {k.replace('_per_token', '/token').replace('_', ' ')}" for k in keys)
-    pct = keys[0] == "accuracy"
+    pct = keys[0] in PERCENT_METRICS
     lines = [f"| variant | changes | {head} | Δ vs selmem | state floats | params |",
              "|---|---|" + "---|" * len(keys) + "---|---|---|"]
     for r in rows:

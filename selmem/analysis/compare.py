@@ -25,6 +25,7 @@ from typing import Any
 from selmem.baselines import state_size
 from selmem.config import SelmemConfig
 from selmem.experiment import ExperimentConfig
+from selmem.tasks.base import PERCENT_METRICS, headline_metric
 
 # which config field sizes each model's carried state (None: not adjustable)
 STATE_KNOB = {"selmem": None, "local": None, "full": None, "lstm": None,
@@ -114,22 +115,25 @@ def _train_one(exp_dict: dict[str, Any], threads: int) -> dict[str, Any]:
     exp = ExperimentConfig.from_dict(exp_dict)
     t0 = time.time()
     res = train(exp)
-    metric = "accuracy" if res["chance"] is not None else "bits_per_token"
+    metric = headline_metric(res)
     print(f"  {exp.train.name:<12}: test {metric} {res['test'][metric]:.3f} "
           f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     return res
 
 
 # test metrics a table can show, with their labels; a row carries those its task reports
-METRICS = {"accuracy": "test accuracy", "bits_per_token": "test bits/token", "mae": "test MAE", "r2": "test R²"}
+METRICS = {"accuracy": "test accuracy", "exact_match": "test exact match", "bits_per_token": "test bits/token",
+           "mae": "test MAE", "r2": "test R²"}
 
 
 def metric_keys(rows_or_runs: list[dict[str, Any]]) -> list[str]:
-    """The metrics a table shows: accuracy for classification, bits per token for language
-    modelling, plus MAE and R² where the task predicts a number (molecules)."""
+    """The metrics a table shows: the task's headline metric first (accuracy for classification,
+    whole-answer exact match for babi, bits per token for language modelling), then per-token
+    accuracy beside an exact match, and MAE and R² where the task predicts a number (molecules)."""
     first = rows_or_runs[0]
     test = first.get("test", first)
-    keys = ["bits_per_token"] if first["chance"] is None else ["accuracy"]
+    keys = [headline_metric(first)]
+    keys += ["accuracy"] if keys[0] == "exact_match" else []
     return keys + [k for k in ("mae", "r2") if k in test]
 
 
@@ -140,8 +144,8 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     label = [r.get("label", r["arch"]) for r in results]
     for name, floats in dict.fromkeys(zip(label, (r["state_floats"] for r in results), strict=True)):
         runs = [r for r, n in zip(results, label, strict=True) if n == name and r["state_floats"] == floats]
-        row: dict[str, Any] = {"model": name, "seeds": len(runs)}
-        for key in ["accuracy", "bits_per_token"] + [k for k in ("mae", "r2") if k in runs[0]["test"]]:
+        row: dict[str, Any] = {"model": name, "seeds": len(runs), "metric": headline_metric(runs[0])}
+        for key in ["accuracy", "bits_per_token"] + [k for k in ("exact_match", "mae", "r2") if k in runs[0]["test"]]:
             values = [r["test"][key] for r in runs]
             std_key = "bits_std" if key == "bits_per_token" else f"{key}_std"
             row.update({key: statistics.mean(values), std_key: statistics.pstdev(values)})
@@ -157,9 +161,9 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def fmt_metric(row: dict[str, Any], key: str) -> str:
-    """``mean ± std`` of a row's metric, as a percentage for accuracy."""
+    """``mean ± std`` of a row's metric, as a percentage for accuracy and exact match."""
     std = row["bits_std" if key == "bits_per_token" else f"{key}_std"]
-    if key == "accuracy":
+    if key in PERCENT_METRICS:
         return f"{row[key]:.1%} ± {std:.1%}"
     return f"{row[key]:.3f} ± {std:.3f}" if key != "mae" else f"{row[key]:.2f} ± {std:.2f}"
 

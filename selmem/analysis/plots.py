@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from selmem.tasks.base import headline_metric
 from selmem.train.run import read_metrics
 
 
@@ -22,8 +23,8 @@ def plot_compare(out_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
     """``curves.png``: test metric vs step per model and state size (seeds averaged at shared
     steps); ``state.png``: final test metric vs carried state floats, a line per model."""
     plt = _pyplot()
-    lm = results[0]["chance"] is None
-    key = "bits_per_token" if lm else "accuracy"
+    key = headline_metric(results[0])
+    lm = key == "bits_per_token"
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     sizes_of: dict[str, set[int]] = defaultdict(set)
     for r in results:

@@ -17,6 +17,7 @@ from typing import Any
 
 from selmem.analysis.compare import METRICS, fmt_metric, metric_keys
 from selmem.analysis.length import summarise as summarise_lengths
+from selmem.tasks.base import PERCENT_METRICS
 
 PLOTS = ("curves.png", "state.png", "ablation.png", "length.png")
 MODELS = ("selmem", "full", "local", "txl", "rmt", "armt", "lstm")  # the overview's column order
@@ -83,7 +84,7 @@ def verdicts(folders: list[Path]) -> list[str]:
                 continue
             r, key = rows[variant], metric_keys(data["rows"])[0]
             ref = rows["selmem"]
-            fig = (f"{r['delta']:+.1%} ± {r['delta_se']:.1%}" if key == "accuracy"
+            fig = (f"{r['delta']:+.1%} ± {r['delta_se']:.1%}" if key in PERCENT_METRICS
                    else f"{r['delta']:+.3f} ± {r['delta_se']:.3f} bits")
             lines.append(f"- **{claim}** ({data['runs'][0]['task']}, `{folder.name}`): "
                          f"{_verdict(r['delta'], r['delta_se'], min(r['seeds'], ref['seeds']))}. "

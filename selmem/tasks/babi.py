@@ -36,7 +36,8 @@ and facts sit at random places in filler of varying length. The lookup tables of
 ``segment_len=64``, about 0.3 at ``haystack_tokens=200, num_facts=4``); only a degenerate story
 gives it away (``num_facts=1`` without filler: the one fact is all the text, position F1 >= 0.9).
 
-Chance for naming a location is ``1/6``.
+Chance for naming a location is ``1/6``. The metric is ``exact_match`` (every byte of the answer
+right, teacher forced): per-byte accuracy is mostly the spelling of a word already begun.
 """
 
 from __future__ import annotations
@@ -162,6 +163,12 @@ class BabiTask(Task):
     def chance(self) -> float:
         """Accuracy of naming one of the locations at random."""
         return 1.0 / len(LOCATIONS)
+
+    @property
+    def metric(self) -> str:
+        """Whole-answer exact match: a question counts when every answer byte is right. Per-byte
+        accuracy would credit "athroom" after a teacher-forced "b", which needs no memory."""
+        return "exact_match"
 
     def validate(self) -> None:
         """Raise ValueError naming the first impossible field."""

@@ -17,6 +17,14 @@ import torch
 from torch import Tensor
 
 SPLIT_IDS = {"train": 0, "test": 1}
+PERCENT_METRICS = ("accuracy", "exact_match")  # fractions, shown as percentages; higher is better
+
+
+def headline_metric(results: dict) -> str:
+    """The test metric a run (its results.json, or a summary row) is judged by: the task's
+    ``metric`` where recorded, else accuracy for classification and bits per token for language
+    modelling (results written before tasks named their metric)."""
+    return results.get("metric") or ("accuracy" if results["chance"] is not None else "bits_per_token")
 
 
 @dataclass
@@ -79,6 +87,16 @@ class Task:
 
     @property
     def seq_len(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def metric(self) -> str:
+        """The test metric the task is judged by (a key of ``evaluate``'s result): answer
+        accuracy for classification, bits per token for language modelling (no chance)."""
+        return "accuracy" if self.chance is not None else "bits_per_token"
+
+    @property
+    def chance(self) -> float | None:
         raise NotImplementedError
 
     def validate(self) -> None:

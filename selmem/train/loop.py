@@ -124,12 +124,13 @@ def reset_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: torch.device,
              task: Task | None = None) -> dict[str, float]:
-    """Loss (nats per scored token), accuracy, bits per scored token, and memory diagnostics
-    averaged over the batches (token-weighted for loss and accuracy). Where the batches carry
-    ``values`` (molecules), also the MAE and R^2 of ``task.predict_values`` against them."""
+    """Loss (nats per scored token), accuracy, bits per scored token, exact match (the fraction
+    of rows with a scored position whose every scored position is right: whole answers), and
+    memory diagnostics averaged over the batches (token-weighted for loss and accuracy). Where the
+    batches carry ``values`` (molecules), also the MAE and R^2 of ``task.predict_values``."""
     was_training = model.training
     model.eval()
-    total, correct, count = 0.0, 0, 0
+    total, correct, count, exact, rows = 0.0, 0, 0, 0, 0
     mem: dict[str, list[float]] = {}
     predicted, true = [], []
     for batch in batches:
@@ -137,13 +138,17 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
         out = model.forward_sequence(batch.tokens, segment_len, **reset_kwargs(model, batch))
         loss, right, n = task_loss(out.logits, batch)
         total, correct, count = total + float(loss) * n, correct + int(right), count + n
+        wrong = (out.logits.argmax(-1) != batch.targets) & batch.loss_mask
+        scored = batch.loss_mask.any(1)
+        exact, rows = exact + int((scored & ~wrong.any(1)).sum()), rows + int(scored.sum())
         if batch.values is not None and task is not None:
             predicted.append(task.predict_values(out.logits[batch.loss_mask]).double().cpu())
             true.append(batch.values[batch.loss_mask].double().cpu())
         for k, v in memory_metrics(out.stats, batch).items():
             mem.setdefault(k, []).append(v)
     model.train(was_training)
-    result = {"loss": total / count, "accuracy": correct / count, "bits_per_token": total / count / math.log(2)}
+    result = {"loss": total / count, "accuracy": correct / count, "bits_per_token": total / count / math.log(2),
+              "exact_match": exact / rows}
     if predicted:
         result.update(regression_metrics(torch.cat(predicted), torch.cat(true)))
     result.update({k: sum(v) / len(v) for k, v in mem.items() if v and all(math.isfinite(x) for x in v)})
@@ -209,7 +214,8 @@ class Trainer:
         self.step_model = dist.ddp(model, self.device) if world.distributed else None
         seg = exp.segment_len()
         test = task.test_set(tc.eval_batches, tc.batch_size)
-        higher = task.chance is not None  # classification: accuracy up; LM: bits down
+        key = task.metric
+        higher = key != "bits_per_token"  # classification: accuracy (or exact match) up; LM: bits down
         step, best, elapsed, skipped = 0, None, 0.0, 0
         if tc.resume:
             if not world.main:
@@ -222,7 +228,7 @@ class Trainer:
                 run.truncate_metrics(self.run_dir, step)  # records past the checkpoint are redone
                 print(f"resuming {self.run_dir} from step {step} of {tc.steps} (ckpt/last)", file=sys.stderr)
                 dist.barrier(world)
-        progress = Progress(tc.steps, step, tc.progress and world.main, higher, elapsed=elapsed)
+        progress = Progress(tc.steps, step, tc.progress and world.main, key, elapsed=elapsed)
         start, tokens, t_log = time.time() - elapsed, 0, time.time()
         model.train()
         last_eval: dict[str, float] = {}
@@ -250,7 +256,6 @@ class Trainer:
             if evaluate_now and world.main:  # the others go on; DDP's next all-reduce waits for rank 0
                 last_eval = evaluate(model, test, seg, self.device, task)
                 logger.log({"step": step, "split": "test", "elapsed": time.time() - start, **last_eval})
-                key = "accuracy" if higher else "bits_per_token"
                 score = last_eval[key] if higher else -last_eval[key]
                 if best is None or score > best:
                     best = score
@@ -320,13 +325,14 @@ class Trainer:
     def _finish(self, step: int, wall: float, final: dict[str, float]) -> dict[str, Any]:
         logged = run.read_metrics(self.run_dir)
         records = [r for r in logged if r.get("split") == "train"]
-        key = "accuracy" if self.task.chance is not None else "bits_per_token"
+        key = self.task.metric
         speeds = [r["tokens_per_s"] for r in records[1:]] or [r["tokens_per_s"] for r in records]
         peak = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         results = {"arch": self.exp.arch, "task": self.exp.task.name, "steps": step, "wall_s": wall,
                    "params": params(self.model), "train_only_params": train_only_params(self.model),
                    "state_floats": self.model.state_size(seq_len=self.task.seq_len), "chance": self.task.chance,
+                   "metric": key,
                    "train_tokens_per_s": sum(speeds) / max(len(speeds), 1), "peak_mem_mb": peak,
                    "test": final,
                    # the test metric at every evaluation, so plots need no metrics.jsonl

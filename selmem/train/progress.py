@@ -12,21 +12,22 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+SHORT = {"accuracy": "acc", "exact_match": "exact", "bits_per_token": "bits"}
 
-def _test_metric(last_eval: dict[str, float], higher: bool) -> str:
-    if not last_eval:
+
+def _test_metric(last_eval: dict[str, float], metric: str) -> str:
+    if not last_eval or metric not in last_eval:
         return ""
-    return (f"test acc {last_eval['accuracy']:.3f}" if higher
-            else f"test bits {last_eval['bits_per_token']:.3f}")
+    return f"test {SHORT.get(metric, metric)} {last_eval[metric]:.3f}"
 
 
 class Progress:
     """``update(step, rec, last_eval)`` after each logged step; ``note(msg)`` for one-off lines."""
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, higher: bool = True,
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, metric: str = "accuracy",
                  file: TextIO | None = None, elapsed: float = 0.0) -> None:
         self.file = file or sys.stderr
-        self.enabled, self.higher, self.total = enabled, higher, total
+        self.enabled, self.metric, self.total = enabled, metric, total
         self.tty = enabled and bool(getattr(self.file, "isatty", lambda: False)())
         # tqdm's clock starts now; a resumed run's earlier time is added to what it shows
         self.bar = (tqdm(total=total, initial=initial, file=self.file, unit="step", dynamic_ncols=True,
@@ -40,7 +41,7 @@ class Progress:
         if "tokens_per_s" in rec:
             parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
         if last_eval:
-            parts.append(_test_metric(last_eval, self.higher))
+            parts.append(_test_metric(last_eval, self.metric))
         return "  ".join(parts)
 
     def update(self, step: int, rec: dict[str, Any], last_eval: dict[str, float]) -> None:
@@ -64,7 +65,7 @@ class Progress:
         """One line per evaluation, kept above the bar (with progress on)."""
         if self.enabled:
             self.note(f"[test] step {step}/{self.total}  loss {last_eval['loss']:.4f}  "
-                      f"{_test_metric(last_eval, self.higher)}")
+                      f"{_test_metric(last_eval, self.metric)}")
 
     def note(self, msg: str) -> None:
         """A line of its own (run folder, resume point), above the bar on a terminal; shown even

@@ -28,6 +28,7 @@ RESULT_KEYS = {
     "train_only_params",
     "state_floats",
     "chance",
+    "metric",
     "train_tokens_per_s",
     "peak_mem_mb",
     "test",
@@ -265,3 +266,46 @@ def test_bf16_autocast_trains_and_differs_from_float32(tmp_path):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in b)
     assert [r["loss"] for r in a] != [r["loss"] for r in b]
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=0.05)
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' whose logits are given: evaluate's metrics can be worked out by hand."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward_sequence(self, tokens, segment_len):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.logits, stats={})
+
+
+def test_exact_match_counts_whole_answers():
+    """Row 0 gets both answer tokens right, row 1 one of two, row 2 has nothing scored: per-token
+    accuracy is 3/4, exact match 1/2 (the unscored row is not a question)."""
+    from selmem.tasks.base import Batch
+    from selmem.train.loop import evaluate
+
+    targets = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 0, 0]])
+    mask = torch.tensor([[False, True, True], [False, True, True], [False, False, False]])
+    predicted = torch.tensor([[3, 1, 2], [3, 1, 3], [3, 3, 3]])  # position 0 is never scored
+    logits = torch.nn.functional.one_hot(predicted, 4).float()
+    batch = Batch(tokens=torch.zeros(3, 3, dtype=torch.long), targets=targets, loss_mask=mask)
+    result = evaluate(_Fixed(logits), [batch], 3, torch.device("cpu"))
+    assert result["accuracy"] == pytest.approx(3 / 4)
+    assert result["exact_match"] == pytest.approx(1 / 2)
+
+
+def test_babi_is_judged_by_exact_match():
+    """babi's answer bytes after the first are mostly spelling, so its headline is the whole
+    answer; the other tasks keep accuracy or bits, and old results without "metric" still read."""
+    from selmem.analysis.compare import metric_keys
+    from selmem.tasks import TASKS
+    from selmem.tasks.base import headline_metric
+
+    assert TASKS["babi"]().metric == "exact_match"
+    assert TASKS["mqar"]().metric == "accuracy" and TASKS["code-lm"]().metric == "bits_per_token"
+    assert metric_keys([{"metric": "exact_match", "chance": 1 / 6, "test": {}}]) == ["exact_match", "accuracy"]
+    assert headline_metric({"chance": None}) == "bits_per_token"
+    assert headline_metric({"chance": 0.1}) == "accuracy"

@@ -45,7 +45,7 @@ def test_plain_lines_when_not_a_terminal():
 
 def test_a_bar_on_a_terminal():
     out = Terminal()
-    p = Progress(total=10, file=out, higher=False)
+    p = Progress(total=10, file=out, metric="bits_per_token")
     p.update(3, {**REC, "elapsed": 1.0}, EVAL)
     p.note("run folder: runs/x")
     p.close()
