@@ -21,10 +21,11 @@ from selmem.memory import credit
 from selmem.memory.address import Address
 from selmem.memory.cache_transform import CacheTransform
 from selmem.memory.compress import Compress
-from selmem.memory.layer import Parts, read_prefix, write
+from selmem.memory.layer import Parts, Write, read_prefix
 from selmem.memory.layer import layer_stats as layer_stats_of
 from selmem.memory.read import Read
 from selmem.memory.select import Select
+from selmem.memory.stacked import write_layers
 from selmem.state import MemoryState, NonFiniteState
 
 
@@ -112,17 +113,18 @@ class SelectiveMemoryTransformer(nn.Module):
         pos = state.position[:, None] + torch.arange(T, device=tokens.device)  # (B, T) absolute
         hints = self.cache_transform(state.slots)  # (L, B, R, d_mem) or None: top-down hints
         h = self.embed(tokens)  # (B, T, d)
-        writes, layer_stats = [], []
+        ys, reads = [], []
         for l, block in enumerate(self.blocks):
-            slots, usage, age = state.slots[l], state.usage[l], state.age[l]
             hint = None if hints is None else hints[l]
-            prefix, bias = read_prefix(self.read[l], slots, usage, hint)  # the memory before this segment's writes
+            prefix, bias = read_prefix(self.read[l], state.slots[l], state.usage[l], hint)  # memory before the writes
             h, read = block(h, prefix, prefix_bias=bias)  # head A: (B, T, d), read attention (B, T, M+R)
-            w = write(self.parts(l), self.cfg, h, slots, usage, age, state.provenance[l], pos, read,  # head B .. update
-                      None if self.slot_decay is None else self.slot_decay[l], mask)
-            writes.append(w)
-            layer_stats.append(layer_stats_of(w, read, state.provenance[l]))
+            ys.append(h)
+            reads.append(read)
         logits = self.head(self.norm(h))  # (B, T, V)
+        # head B .. update of every layer: no write reads another layer's new memory, so all run
+        # after the stack, as one batched call (memory/stacked.py)
+        writes = self.write(ys, reads, state, pos, mask)
+        layer_stats = [layer_stats_of(writes[l], reads[l], state.provenance[l]) for l in range(len(writes))]
         new_state = self._stack(state, writes, T if mask is None else mask.sum(1))
         if mask is not None:
             new_state = new_state.where(~mask.any(1), state)  # rows of padding only: nothing happened
@@ -139,6 +141,15 @@ class SelectiveMemoryTransformer(nn.Module):
         if cache is None:
             cache = decoding.new_cache(self, tokens.shape[0], segment_len, device=tokens.device)
         return decoding.decode(self, tokens, cache)
+
+    def write(self, ys: list[Tensor], reads: list[Tensor | None], state: MemoryState, pos: Tensor,
+              valid: Tensor | None = None) -> list[Write]:
+        """Every layer's write of one segment (cfg.writes: batched or per layer): ys [(B, T, d)] * L
+        the blocks' outputs, reads [(B, T, M+R) or None] * L, state the memory at the segment
+        start, pos (B, T) absolute positions, valid (B, T) bool or None."""
+        return write_layers([self.parts(l) for l in range(self.cfg.n_layers)], self.cfg, ys, state.slots,
+                            state.usage, state.age, state.provenance, pos, reads, self.slot_decay, valid,
+                            batched=self.cfg.writes == "batched")
 
     def parts(self, l: int) -> Parts:
         """Layer l's memory parts, as ``memory.layer.write`` takes them."""
