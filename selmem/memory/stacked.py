@@ -156,7 +156,7 @@ def write_layers(parts: list[Parts], cfg: SelmemConfig, ys: list[Tensor], slots:
     (L, B, M) the memory at the segment start, pos (B, T), reads [(B, T, S) or None] * L,
     slot_decay (L, M) raw learned decay or None, valid (B, T) bool or None."""
     L = len(parts)
-    if not batched:
+    if not batched or L == 1:  # one layer: nothing to batch
         return [write(parts[l], cfg, ys[l], slots[l], usage[l], age[l], provenance[l], pos, reads[l],
                       None if slot_decay is None else slot_decay[l], valid) for l in range(L)]
     B = ys[0].shape[0]
