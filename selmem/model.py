@@ -184,7 +184,8 @@ class SelectiveMemoryTransformer(nn.Module):
     def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,
                          state: MemoryState | None = None, answer_mask: Tensor | None = None,
                          answer_targets: Tensor | None = None, attention_mask: Tensor | None = None,
-                         reset: Tensor | None = None, doc_ids: Tensor | None = None) -> Output:
+                         reset: Tensor | None = None, doc_ids: Tensor | None = None, *,
+                         answer_count: int | None = None, checked: bool = False) -> Output:
         """Stream a whole sequence (B, N) through ``forward`` in segments of ``segment_len``
         (default max_segment_len; the last may be shorter), detaching the state every
         ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments.
@@ -197,9 +198,14 @@ class SelectiveMemoryTransformer(nn.Module):
         in a row; reset (B, N) bool, True where a document starts, or doc_ids (B, N) a document id
         per position. Each row then runs its own segments, cut at document starts, with a fresh
         memory for each document: every document's logits are those it gets alone, a padded row's
-        those of the row unpadded. Logits at padding are 0."""
+        those of the row unpadded. Logits at padding are 0.
+
+        Without a host sync (the trainer's path): answer_count, the number of True in answer_mask,
+        counted where that is free (on the host, before the batch moved to the device); checked:
+        the caller has checked the token range and the state (``check_values``) already."""
         if attention_mask is None and reset is None and doc_ids is None:
-            self._check_values(tokens, state)  # once per sequence, not once per segment
+            if not checked:
+                self.check_values(tokens, state)  # once per sequence, not once per segment
             out = run_segments(self, tokens, segment_len, state, checked=True)
         else:
             out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
@@ -210,13 +216,14 @@ class SelectiveMemoryTransformer(nn.Module):
         if answer_mask.shape != tokens.shape:
             raise ValueError(f"answer_mask has shape {tuple(answer_mask.shape)}, tokens {tuple(tokens.shape)}")
         if cfg.credit == "read":
-            c = credit.credit_loss(out.scores, credit.read_credit(out.stats, answer_mask), int(answer_mask.sum()))
+            answers = int(answer_mask.sum()) if answer_count is None else answer_count
+            c = credit.credit_loss(out.scores, credit.read_credit(out.stats, answer_mask), answers)
         else:
             if answer_targets is None or answer_targets.shape != tokens.shape:
                 raise ValueError("credit='probe' needs answer_targets (B, N), the targets at the answer positions")
             seg = segment_len or cfg.max_segment_len
             out.losses["probe"], c = credit.probe_losses(self.probe, tokens, out.scores, seg, answer_mask,
-                                                          answer_targets)
+                                                          answer_targets, answer_count)
             out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * out.losses["probe"]
         out.losses["credit"] = c
         out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c
@@ -255,9 +262,10 @@ class SelectiveMemoryTransformer(nn.Module):
         aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
         return Output(logits, state, {"segments": [o.stats for o in outs]}, aux, scores)
 
-    def _check_values(self, tokens: Any, state: Any) -> None:
-        """The checks that read values (token range, a finite state): one device sync. Anything
-        not shaped as expected is left to ``_check``, which names the problem."""
+    def check_values(self, tokens: Any, state: Any) -> None:
+        """The checks that read values (token range, a finite state): one device sync (none for
+        tensors on the host). Anything not shaped as expected is left to ``_check``, which names
+        the problem."""
         cfg = self.cfg
         if isinstance(tokens, Tensor) and tokens.dim() == 2 and tokens.numel() and not tokens.is_floating_point():
             lo, hi = (int(v) for v in torch.stack([tokens.min(), tokens.max()]).long().tolist())
@@ -270,7 +278,7 @@ class SelectiveMemoryTransformer(nn.Module):
     def _check(self, tokens: Tensor, state: MemoryState | None, mask: Tensor | None = None,
                values: bool = True) -> MemoryState:
         """Validate a segment and its state at the boundary, with messages that say what to pass
-        (``values``: also those of ``_check_values``)."""
+        (``values``: also those of ``check_values``)."""
         cfg = self.cfg
         if not isinstance(tokens, Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
@@ -294,7 +302,7 @@ class SelectiveMemoryTransformer(nn.Module):
                 raise ValueError("mask must be right padding (True then False in each row); for padding "
                                  "anywhere use forward_sequence(tokens, attention_mask=...)")
         if values:
-            self._check_values(tokens, None)
+            self.check_values(tokens, None)
         if state is None:
             return self.init_state(B, tokens.device)
         if not isinstance(state, MemoryState):
@@ -314,7 +322,7 @@ class SelectiveMemoryTransformer(nn.Module):
         if state.slots.dtype != self.init_slots.dtype:
             raise ValueError(f"state has dtype {state.slots.dtype} but the model runs in {self.init_slots.dtype}")
         if values:
-            self._check_values(None, state)  # one reduction and one sync per call
+            self.check_values(None, state)  # one reduction and one sync per call
         return state
 
 
