@@ -142,7 +142,10 @@ def _unstack(x: Any, L: int) -> list[Any]:
     (a Write holds no other 1-D tensor), -> per layer [(B, ...) or ()] * L."""
     if isinstance(x, tuple):
         return [type(x)(*fields) for fields in zip(*(_unstack(f, L) for f in x), strict=True)]
-    return list(x.unbind(0)) if x.dim() == 1 else list(x.unflatten(0, (L, -1)).unbind(0))
+    per_layer = list(x.unbind(0) if x.dim() == 1 else x.unflatten(0, (L, -1)).unbind(0))
+    # torch.compile's AOT autograd (torch 2.13) fails to replay these views of views when they
+    # leave a compiled forward ("shape [L*B, C, 1] is invalid for input of size ..."): copies there
+    return [p.clone() for p in per_layer] if torch.compiler.is_compiling() else per_layer
 
 
 def write_layers(parts: list[Parts], cfg: SelmemConfig, ys: list[Tensor], slots: Tensor, usage: Tensor,
