@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from selmem.config import SelmemConfig
 from selmem.layers import RMSNorm
-from selmem.memory.address import Address
+from selmem.memory.address import Address, random
 from selmem.memory.compress import Compress
 from selmem.memory.layer import Parts, Write, write
 from selmem.memory.select import Select
@@ -122,8 +122,11 @@ class _Address:
         first = layers[0]
         self.fn, self.temperature, self.weights, self.age_weight = (first.fn, first.temperature, first.weights,
                                                                     first.age_weight)
-        idx = torch.tensor([m.layer_idx for m in layers], device=device)
-        self.layer_idx = _per_row(idx, B, 1)  # (L*B, 1): 'random' hashes it with the position
+        if first.fn is random:  # hashes the layer index with the position: (L*B, 1), made on the device
+            first_idx = first.layer_idx
+            if [m.layer_idx for m in layers] != list(range(first_idx, first_idx + len(layers))):
+                raise ValueError("stacked addressing needs consecutive layers")
+            self.layer_idx = _per_row(torch.arange(len(layers), device=device) + first_idx, B, 1)
         if hasattr(first, "q"):
             self.q, self.k, self.mix = (_Linear([getattr(m, n) for m in layers]) for n in ("q", "k", "mix"))
             self.sharpness = _per_row(torch.stack([m.sharpness for m in layers]), B, 1, 1)  # (L*B, 1, 1)
