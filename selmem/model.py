@@ -105,8 +105,9 @@ class SelectiveMemoryTransformer(nn.Module):
         a row with no real token keeps its state. Its logits are meaningless.
 
         checked: the caller has checked the token range and the state's finiteness already
-        (forward_sequence does, once per sequence), so skip those two checks: each reads values
-        back from the device, a host sync per segment on the training path."""
+        (forward_sequence does, once per sequence) and made the mask right padding, so skip those
+        checks: each reads values back from the device, a host sync per segment on the training
+        path."""
         state = self._check(tokens, state, mask, values=not checked)
         tokens = tokens.long()  # _check accepts int16/uint8 ids too; nn.Embedding takes int64/int32 only
         T = tokens.shape[1]
@@ -209,7 +210,7 @@ class SelectiveMemoryTransformer(nn.Module):
             out = run_segments(self, tokens, segment_len, state, checked=True)
         else:
             out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
-                                       reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids))
+                                       reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids), checked)
         cfg = self.cfg
         if answer_mask is None or cfg.credit == "none" or cfg.lambda_credit == 0:
             return out
@@ -230,7 +231,7 @@ class SelectiveMemoryTransformer(nn.Module):
         return out
 
     def _forward_packed(self, tokens: Tensor, seg: int, state: MemoryState | None, valid: Tensor | None,
-                        starts: Tensor | None) -> Output:
+                        starts: Tensor | None, checked: bool = False) -> Output:
         """forward_sequence for padded/packed rows: the steps of packing.schedule, then every
         step's logits and scores put back at their row positions."""
         if not 1 <= seg <= self.cfg.max_segment_len:
@@ -238,24 +239,25 @@ class SelectiveMemoryTransformer(nn.Module):
         B, N = tokens.shape
         valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.bool()
         starts = torch.zeros_like(valid) if starts is None else starts.bool()
+        if not checked:  # once per sequence, on the real tokens only: the steps below skip it
+            self.check_values(tokens.masked_fill(~valid, 0) if valid.shape == tokens.shape else tokens, state)
         state = state if state is not None else self.init_state(B, tokens.device)
         fresh = self.init_state(B, tokens.device)
-        outs, where, K = [], [], self.cfg.bptt_segments
-        for i, step in enumerate(packing.schedule(valid, starts, seg)):
+        outs, K = [], self.cfg.bptt_segments
+        steps = packing.schedule(valid, starts, seg)
+        for i, step in enumerate(steps):
             if K and i and i % K == 0:
                 state = state.detach()  # truncated BPTT boundary
             state = state.where(step.reset, fresh)  # a document starts: a fresh memory for its row
             x = tokens.gather(1, step.index)
-            out = self(x, state, None if bool(step.mask.all()) else step.mask)
+            out = self(x, state, None if step.full else step.mask, checked=True)
             state = out.state
             outs.append(out)
-            rows = torch.arange(B, device=tokens.device)[:, None].expand_as(step.index)
-            where.append(((rows * N + step.index)[step.mask], step.mask))
-        flat = torch.cat([w for w, _ in where])
+        dest = torch.cat([step.dest for step in steps])
 
         def scatter(parts: list[Tensor]) -> Tensor:  # (B, t, ...) per step -> (B, N, ...)
-            vals = torch.cat([p[m] for p, (_, m) in zip(parts, where, strict=True)])
-            return vals.new_zeros(B * N, *vals.shape[1:]).index_copy(0, flat, vals).view(B, N, *vals.shape[1:])
+            vals = torch.cat([p.flatten(0, 1)[step.take] for p, step in zip(parts, steps, strict=True)])
+            return vals.new_zeros(B * N, *vals.shape[1:]).index_copy(0, dest, vals).view(B, N, *vals.shape[1:])
 
         logits = scatter([o.logits for o in outs])
         scores = [scatter([o.scores[l] for o in outs]) for l in range(self.cfg.n_layers)]
@@ -278,7 +280,7 @@ class SelectiveMemoryTransformer(nn.Module):
     def _check(self, tokens: Tensor, state: MemoryState | None, mask: Tensor | None = None,
                values: bool = True) -> MemoryState:
         """Validate a segment and its state at the boundary, with messages that say what to pass
-        (``values``: also those of ``check_values``)."""
+        (``values``: also those that read values: ``check_values`` and the mask's right padding)."""
         cfg = self.cfg
         if not isinstance(tokens, Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
@@ -298,7 +300,7 @@ class SelectiveMemoryTransformer(nn.Module):
             if mask.shape != tokens.shape or mask.dtype != torch.bool:
                 raise ValueError(f"mask must be a bool tensor shaped like tokens {tuple(tokens.shape)}, "
                                  f"got {mask.dtype} {tuple(mask.shape)}")
-            if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            if values and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
                 raise ValueError("mask must be right padding (True then False in each row); for padding "
                                  "anywhere use forward_sequence(tokens, attention_mask=...)")
         if values:

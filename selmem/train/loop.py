@@ -65,7 +65,7 @@ def task_loss(logits: Tensor, batch: Batch, scored: int | None = None) -> tuple[
 def host_checks(model: nn.Module, host: Batch) -> int:
     """The checks of a training batch that read its values, made on the batch before it moves to
     the device (no device sync there): selmem's token range, and the scored count, returned."""
-    if isinstance(model, SelectiveMemoryTransformer) and host.reset is None:  # packed rows: per step
+    if isinstance(model, SelectiveMemoryTransformer):
         model.check_values(host.tokens, None)
     return int(host.loss_mask.sum())
 
@@ -76,7 +76,7 @@ def forward_kwargs(model: nn.Module, batch: Batch, scored: int) -> dict[str, Any
     rows' resets, and that the token range is checked. The other models take no such arguments."""
     if not isinstance(model, SelectiveMemoryTransformer):
         return {}
-    kwargs: dict[str, Any] = {**reset_kwargs(model, batch), "checked": batch.reset is None}
+    kwargs: dict[str, Any] = {**reset_kwargs(model, batch), "checked": True}
     if model.cfg.credit != "none":
         kwargs.update(answer_mask=batch.loss_mask, answer_targets=batch.targets, answer_count=scored)
     return kwargs
