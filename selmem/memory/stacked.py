@@ -22,9 +22,10 @@ tensors and apply them with one batched matmul, so the model keeps its per-layer
 its checkpoints) and ``write`` stays the single statement of the math.
 
 ``write_layers(..., batched=False)`` is the diagnostic path, one ``write`` per layer; a float64
-test holds the two equal (tests/memory/test_stacked.py). One difference is left: select='hard'
-in training draws its Gumbel noise for all layers at once, so it draws other numbers than the
-per-layer path would (same distribution).
+test holds the two equal (tests/memory/test_stacked.py). One difference may remain: select='hard'
+in training draws its Gumbel noise for all layers in one call. On the CPU that gives the
+per-layer path's numbers (one serial generator; measured equal), on a GPU it need not (same
+distribution, other draws).
 """
 
 from __future__ import annotations
