@@ -26,6 +26,7 @@ Credit = Literal["none", "read", "probe"]
 AddressWeights = Literal["softmax", "sparsemax", "top1"]
 NonFinite = Literal["stop", "skip"]
 AttentionImpl = Literal["sdpa", "explicit"]
+WriteImpl = Literal["batched", "per_layer"]
 Autocast = Literal["none", "bf16"]
 
 C = TypeVar("C")
@@ -103,6 +104,10 @@ class SelmemConfig:
     """How the blocks attend over [memory prefix; segment]: 'sdpa' = one fused
     F.scaled_dot_product_attention (the read attention the memory needs rides in an extra
     channel); 'explicit' = the softmax written out, the diagnostic reference. Same numbers."""
+    writes: WriteImpl = "batched"
+    """How the layers' memory writes run after the stack: 'batched' = all layers as one call, their
+    weights stacked (memory/stacked.py); 'per_layer' = one call per layer, the diagnostic path.
+    Same numbers."""
     bptt_segments: int = 0
     """Truncated BPTT: detach the state every K segments in forward_sequence; 0 = never (all segments)."""
 

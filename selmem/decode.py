@@ -12,7 +12,7 @@ decoder keeps, per layer, what the segment's later tokens and its write will nee
     features            (B, n, d)     the block outputs, head B's input at the write
     read attention      (B, n, S)     for the usage the write adds
 
-and writes the memory when the segment fills, with the same ``write`` as ``forward``. Everything
+and writes the memory when the segment fills, with the same ``model.write`` as ``forward``. Everything
 is bounded by T, so generating any number of tokens takes constant memory. ``decode`` on any
 chunking of a sequence gives ``forward_sequence``'s logits (tests/test_decode.py).
 """
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from selmem.layers import BlockCache, rotary_table
-from selmem.memory.layer import read_prefix, write
+from selmem.memory.layer import read_prefix
 from selmem.state import MemoryState
 
 
@@ -117,16 +117,11 @@ def _chunk(model, tokens: Tensor, cache: DecodeCache) -> Tensor:
 
 def _close(model, cache: DecodeCache) -> None:
     """The open segment is full (or the stream ends it): write every layer's memory, as forward."""
-    state, cfg = cache.state, model.cfg
+    state = cache.state
     pos = state.position[:, None] + torch.arange(cache.length, device=state.position.device)  # (B, n)
-    writes = []
-    for l in range(cfg.n_layers):
-        y = torch.cat(cache.features[l], dim=1)  # (B, n, d)
-        read = torch.cat(cache.reads[l], dim=1) if cache.reads[l] else None  # (B, n, S)
-        decay = None if model.slot_decay is None else model.slot_decay[l]
-        writes.append(write(model.parts(l), cfg, y, state.slots[l], state.usage[l], state.age[l],
-                            state.provenance[l], pos, read, decay))
-    cache.state = model._stack(state, writes, cache.length)
+    ys = [torch.cat(f, dim=1) for f in cache.features]  # [(B, n, d)] * L
+    reads = [torch.cat(r, dim=1) if r else None for r in cache.reads]  # [(B, n, S) or None] * L
+    cache.state = model._stack(state, model.write(ys, reads, state, pos), cache.length)
     cache.length = 0
     cache.prefix, cache.bias, cache.blocks, cache.features, cache.reads = [], [], [], [], []
 

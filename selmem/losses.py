@@ -31,13 +31,14 @@ def score_bound(scores: list[Tensor], margin: float) -> Tensor:
 
 
 def reconstruction(decoded: Tensor, feature: Tensor, gate: Tensor) -> Tensor:
-    """Gate-weighted MSE between decoded candidates (B, C, d) and the (detached) features they
-    compress (B, C, d): only what is written needs to be recoverable. The gate weighs but is not
+    """Gate-weighted MSE between decoded candidates (..., B, C, d) and the (detached) features they
+    compress (..., B, C, d), gates (..., B, C): only what is written needs to be recoverable.
+    Leading axes (layers) are kept: () for (B, C, d). The gate weighs but is not
     trained by this loss (detached): otherwise it learns to write what is easy to reconstruct,
     which on recall is the repetitive noise rather than the rare keys and values."""
-    err = (decoded - feature.detach()).pow(2).mean(-1)  # (B, C)
+    err = (decoded - feature.detach()).pow(2).mean(-1)  # (..., B, C)
     gate = gate.detach()
-    return (gate * err).sum() / gate.sum().clamp_min(1e-6)
+    return (gate * err).sum((-2, -1)) / gate.sum((-2, -1)).clamp_min(1e-6)
 
 
 def infonce(memory: Tensor, future: Tensor, temperature: float) -> Tensor:

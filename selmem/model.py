@@ -21,10 +21,11 @@ from selmem.memory import credit
 from selmem.memory.address import Address
 from selmem.memory.cache_transform import CacheTransform
 from selmem.memory.compress import Compress
-from selmem.memory.layer import Parts, read_prefix, write
+from selmem.memory.layer import Parts, Write, read_prefix
 from selmem.memory.layer import layer_stats as layer_stats_of
 from selmem.memory.read import Read
 from selmem.memory.select import Select
+from selmem.memory.stacked import write_layers
 from selmem.state import MemoryState, NonFiniteState
 
 
@@ -104,25 +105,27 @@ class SelectiveMemoryTransformer(nn.Module):
         a row with no real token keeps its state. Its logits are meaningless.
 
         checked: the caller has checked the token range and the state's finiteness already
-        (forward_sequence does, once per sequence), so skip those two checks: each reads values
-        back from the device, a host sync per segment on the training path."""
+        (forward_sequence does, once per sequence) and made the mask right padding, so skip those
+        checks: each reads values back from the device, a host sync per segment on the training
+        path."""
         state = self._check(tokens, state, mask, values=not checked)
         tokens = tokens.long()  # _check accepts int16/uint8 ids too; nn.Embedding takes int64/int32 only
         T = tokens.shape[1]
         pos = state.position[:, None] + torch.arange(T, device=tokens.device)  # (B, T) absolute
         hints = self.cache_transform(state.slots)  # (L, B, R, d_mem) or None: top-down hints
         h = self.embed(tokens)  # (B, T, d)
-        writes, layer_stats = [], []
+        ys, reads = [], []
         for l, block in enumerate(self.blocks):
-            slots, usage, age = state.slots[l], state.usage[l], state.age[l]
             hint = None if hints is None else hints[l]
-            prefix, bias = read_prefix(self.read[l], slots, usage, hint)  # the memory before this segment's writes
+            prefix, bias = read_prefix(self.read[l], state.slots[l], state.usage[l], hint)  # memory before the writes
             h, read = block(h, prefix, prefix_bias=bias)  # head A: (B, T, d), read attention (B, T, M+R)
-            w = write(self.parts(l), self.cfg, h, slots, usage, age, state.provenance[l], pos, read,  # head B .. update
-                      None if self.slot_decay is None else self.slot_decay[l], mask)
-            writes.append(w)
-            layer_stats.append(layer_stats_of(w, read, state.provenance[l]))
+            ys.append(h)
+            reads.append(read)
         logits = self.head(self.norm(h))  # (B, T, V)
+        # head B .. update of every layer: no write reads another layer's new memory, so all run
+        # after the stack, as one batched call (memory/stacked.py)
+        writes = self.write(ys, reads, state, pos, mask)
+        layer_stats = [layer_stats_of(writes[l], reads[l], state.provenance[l]) for l in range(len(writes))]
         new_state = self._stack(state, writes, T if mask is None else mask.sum(1))
         if mask is not None:
             new_state = new_state.where(~mask.any(1), state)  # rows of padding only: nothing happened
@@ -139,6 +142,15 @@ class SelectiveMemoryTransformer(nn.Module):
         if cache is None:
             cache = decoding.new_cache(self, tokens.shape[0], segment_len, device=tokens.device)
         return decoding.decode(self, tokens, cache)
+
+    def write(self, ys: list[Tensor], reads: list[Tensor | None], state: MemoryState, pos: Tensor,
+              valid: Tensor | None = None) -> list[Write]:
+        """Every layer's write of one segment (cfg.writes: batched or per layer): ys [(B, T, d)] * L
+        the blocks' outputs, reads [(B, T, M+R) or None] * L, state the memory at the segment
+        start, pos (B, T) absolute positions, valid (B, T) bool or None."""
+        return write_layers([self.parts(l) for l in range(self.cfg.n_layers)], self.cfg, ys, state.slots,
+                            state.usage, state.age, state.provenance, pos, reads, self.slot_decay, valid,
+                            batched=self.cfg.writes == "batched")
 
     def parts(self, l: int) -> Parts:
         """Layer l's memory parts, as ``memory.layer.write`` takes them."""
@@ -173,7 +185,8 @@ class SelectiveMemoryTransformer(nn.Module):
     def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,
                          state: MemoryState | None = None, answer_mask: Tensor | None = None,
                          answer_targets: Tensor | None = None, attention_mask: Tensor | None = None,
-                         reset: Tensor | None = None, doc_ids: Tensor | None = None) -> Output:
+                         reset: Tensor | None = None, doc_ids: Tensor | None = None, *,
+                         answer_count: int | None = None, checked: bool = False) -> Output:
         """Stream a whole sequence (B, N) through ``forward`` in segments of ``segment_len``
         (default max_segment_len; the last may be shorter), detaching the state every
         ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments.
@@ -186,33 +199,39 @@ class SelectiveMemoryTransformer(nn.Module):
         in a row; reset (B, N) bool, True where a document starts, or doc_ids (B, N) a document id
         per position. Each row then runs its own segments, cut at document starts, with a fresh
         memory for each document: every document's logits are those it gets alone, a padded row's
-        those of the row unpadded. Logits at padding are 0."""
+        those of the row unpadded. Logits at padding are 0.
+
+        Without a host sync (the trainer's path): answer_count, the number of True in answer_mask,
+        counted where that is free (on the host, before the batch moved to the device); checked:
+        the caller has checked the token range and the state (``check_values``) already."""
         if attention_mask is None and reset is None and doc_ids is None:
-            self._check_values(tokens, state)  # once per sequence, not once per segment
+            if not checked:
+                self.check_values(tokens, state)  # once per sequence, not once per segment
             out = run_segments(self, tokens, segment_len, state, checked=True)
         else:
             out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
-                                       reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids))
+                                       reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids), checked)
         cfg = self.cfg
         if answer_mask is None or cfg.credit == "none" or cfg.lambda_credit == 0:
             return out
         if answer_mask.shape != tokens.shape:
             raise ValueError(f"answer_mask has shape {tuple(answer_mask.shape)}, tokens {tuple(tokens.shape)}")
         if cfg.credit == "read":
-            c = credit.credit_loss(out.scores, credit.read_credit(out.stats, answer_mask), int(answer_mask.sum()))
+            answers = int(answer_mask.sum()) if answer_count is None else answer_count
+            c = credit.credit_loss(out.scores, credit.read_credit(out.stats, answer_mask), answers)
         else:
             if answer_targets is None or answer_targets.shape != tokens.shape:
                 raise ValueError("credit='probe' needs answer_targets (B, N), the targets at the answer positions")
             seg = segment_len or cfg.max_segment_len
             out.losses["probe"], c = credit.probe_losses(self.probe, tokens, out.scores, seg, answer_mask,
-                                                          answer_targets)
+                                                          answer_targets, answer_count)
             out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * out.losses["probe"]
         out.losses["credit"] = c
         out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c
         return out
 
     def _forward_packed(self, tokens: Tensor, seg: int, state: MemoryState | None, valid: Tensor | None,
-                        starts: Tensor | None) -> Output:
+                        starts: Tensor | None, checked: bool = False) -> Output:
         """forward_sequence for padded/packed rows: the steps of packing.schedule, then every
         step's logits and scores put back at their row positions."""
         if not 1 <= seg <= self.cfg.max_segment_len:
@@ -220,33 +239,35 @@ class SelectiveMemoryTransformer(nn.Module):
         B, N = tokens.shape
         valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.bool()
         starts = torch.zeros_like(valid) if starts is None else starts.bool()
+        if not checked:  # once per sequence, on the real tokens only: the steps below skip it
+            self.check_values(tokens.masked_fill(~valid, 0) if valid.shape == tokens.shape else tokens, state)
         state = state if state is not None else self.init_state(B, tokens.device)
         fresh = self.init_state(B, tokens.device)
-        outs, where, K = [], [], self.cfg.bptt_segments
-        for i, step in enumerate(packing.schedule(valid, starts, seg)):
+        outs, K = [], self.cfg.bptt_segments
+        steps = packing.schedule(valid, starts, seg)
+        for i, step in enumerate(steps):
             if K and i and i % K == 0:
                 state = state.detach()  # truncated BPTT boundary
             state = state.where(step.reset, fresh)  # a document starts: a fresh memory for its row
             x = tokens.gather(1, step.index)
-            out = self(x, state, None if bool(step.mask.all()) else step.mask)
+            out = self(x, state, None if step.full else step.mask, checked=True)
             state = out.state
             outs.append(out)
-            rows = torch.arange(B, device=tokens.device)[:, None].expand_as(step.index)
-            where.append(((rows * N + step.index)[step.mask], step.mask))
-        flat = torch.cat([w for w, _ in where])
+        dest = torch.cat([step.dest for step in steps])
 
         def scatter(parts: list[Tensor]) -> Tensor:  # (B, t, ...) per step -> (B, N, ...)
-            vals = torch.cat([p[m] for p, (_, m) in zip(parts, where, strict=True)])
-            return vals.new_zeros(B * N, *vals.shape[1:]).index_copy(0, flat, vals).view(B, N, *vals.shape[1:])
+            vals = torch.cat([p.flatten(0, 1)[step.take] for p, step in zip(parts, steps, strict=True)])
+            return vals.new_zeros(B * N, *vals.shape[1:]).index_copy(0, dest, vals).view(B, N, *vals.shape[1:])
 
         logits = scatter([o.logits for o in outs])
         scores = [scatter([o.scores[l] for o in outs]) for l in range(self.cfg.n_layers)]
         aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
         return Output(logits, state, {"segments": [o.stats for o in outs]}, aux, scores)
 
-    def _check_values(self, tokens: Any, state: Any) -> None:
-        """The checks that read values (token range, a finite state): one device sync. Anything
-        not shaped as expected is left to ``_check``, which names the problem."""
+    def check_values(self, tokens: Any, state: Any) -> None:
+        """The checks that read values (token range, a finite state): one device sync (none for
+        tensors on the host). Anything not shaped as expected is left to ``_check``, which names
+        the problem."""
         cfg = self.cfg
         if isinstance(tokens, Tensor) and tokens.dim() == 2 and tokens.numel() and not tokens.is_floating_point():
             lo, hi = (int(v) for v in torch.stack([tokens.min(), tokens.max()]).long().tolist())
@@ -259,7 +280,7 @@ class SelectiveMemoryTransformer(nn.Module):
     def _check(self, tokens: Tensor, state: MemoryState | None, mask: Tensor | None = None,
                values: bool = True) -> MemoryState:
         """Validate a segment and its state at the boundary, with messages that say what to pass
-        (``values``: also those of ``_check_values``)."""
+        (``values``: also those that read values: ``check_values`` and the mask's right padding)."""
         cfg = self.cfg
         if not isinstance(tokens, Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
@@ -279,11 +300,11 @@ class SelectiveMemoryTransformer(nn.Module):
             if mask.shape != tokens.shape or mask.dtype != torch.bool:
                 raise ValueError(f"mask must be a bool tensor shaped like tokens {tuple(tokens.shape)}, "
                                  f"got {mask.dtype} {tuple(mask.shape)}")
-            if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            if values and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
                 raise ValueError("mask must be right padding (True then False in each row); for padding "
                                  "anywhere use forward_sequence(tokens, attention_mask=...)")
         if values:
-            self._check_values(tokens, None)
+            self.check_values(tokens, None)
         if state is None:
             return self.init_state(B, tokens.device)
         if not isinstance(state, MemoryState):
@@ -303,7 +324,7 @@ class SelectiveMemoryTransformer(nn.Module):
         if state.slots.dtype != self.init_slots.dtype:
             raise ValueError(f"state has dtype {state.slots.dtype} but the model runs in {self.init_slots.dtype}")
         if values:
-            self._check_values(None, state)  # one reduction and one sync per call
+            self.check_values(None, state)  # one reduction and one sync per call
         return state
 
 

@@ -29,6 +29,10 @@ class Step(NamedTuple):
     index: Tensor  # (B, t) long, the row positions each step slot holds (0 where padding)
     mask: Tensor   # (B, t) bool, real tokens (right padding)
     reset: Tensor  # (B,) bool, the row starts a new document at this step
+    full: bool     # every row has t real tokens (mask all True)
+    take: Tensor   # (K,) long, b * t + j of the K real entries of the step, row-major
+    dest: Tensor   # (K,) long, b * N + position of each, where its outputs go in the (B, N) layout
+    # full, take and dest are made on the host with the schedule, so using them needs no device sync
 
 
 def starts_from_doc_ids(doc_ids: Tensor) -> Tensor:
@@ -79,5 +83,8 @@ def schedule(valid: Tensor, starts: Tensor, T: int) -> list[Step]:
             index[b, : len(pos)] = torch.tensor(pos, dtype=torch.long)
             mask[b, : len(pos)] = True
         reset = torch.tensor([new for _, new in segs], dtype=torch.bool)
-        steps.append(Step(index.to(device), mask.to(device), reset.to(device)))
+        b, j = mask.nonzero(as_tuple=True)  # on the host
+        take, dest = b * t + j, b * valid.shape[1] + index[b, j]
+        steps.append(Step(index.to(device), mask.to(device), reset.to(device), bool(mask.all()), take.to(device),
+                          dest.to(device)))
     return steps

@@ -34,6 +34,7 @@ def test_every_option_field_is_checked():
         "address_weights",
         "credit",
         "attention",
+        "writes",
     }
 
 

@@ -8,9 +8,10 @@ only the carried state (what a deployed stream does), each (model, N) in a fresh
 its peak memory is its own. A model that runs out of memory, or would pass ``stream_budget_s``,
 gets a row that says so: full attention's cache and cost grow with N, that is the point.
 
-Breakdown: wall time of each part of one selmem training step's forward, by forward hooks on the
-parts (and a wrapper of the update function), synchronised on a GPU; the backward and the
-optimiser step are one line each. Hooks cost a little, so the parts' sum is what to compare,
+Breakdown: wall time of each part of one selmem training step's forward, by wrappers of the
+parts' calls (the per-layer modules, and with model.writes='batched' the stacked stand-ins that
+run all layers' select/compress/address at once) and of the update function, synchronised on a
+GPU; the backward and the optimiser step are one line each. Hooks cost a little, so the parts' sum is what to compare,
 not the step time of the training table.
 """
 
@@ -80,6 +81,7 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
     import torch.nn.functional as F
 
     import selmem.memory.layer as layer_mod
+    import selmem.memory.stacked as stacked
     from selmem.model import SelectiveMemoryTransformer
     from selmem.train.loop import resolve_device
 
@@ -107,7 +109,10 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
     for part, mods in groups.items():
         for m in mods:
             m.forward = clock(part, m.forward)
-    layer_mod.update = clock("update", layer_mod.update)  # this worker process only
+    # batched writes call the layers' parts through stand-ins (memory/stacked.py); this worker only
+    for part, cls in ((PARTS[2], stacked._Select), (PARTS[3], stacked._Compress), (PARTS[4], stacked._Address)):
+        cls.__call__ = clock(part, cls.__call__)
+    layer_mod.update = clock("update", layer_mod.update)
     N, seg = seq_len or exp.task.seq_len, exp.segment_len()
     x = torch.randint(0, exp.model.vocab_size, (batch_size, N + 1), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selmem.config import SelmemConfig
@@ -65,6 +64,12 @@ def sparsemax(logits: Tensor) -> Tensor:
     return (logits - tau).clamp_min(0)
 
 
+def one_hot(index: Tensor, M: int, dtype: torch.dtype) -> Tensor:
+    """index (B, C) long in [0, M) -> (B, C, M) one-hot. F.one_hot checks the index range by
+    reading it back (a host sync per call); these indices are in range by construction."""
+    return torch.zeros(*index.shape, M, dtype=dtype, device=index.device).scatter(-1, index[..., None], 1.0)
+
+
 NORMALISE = {"softmax": lambda x: x.softmax(-1), "sparsemax": sparsemax, "top1": lambda x: x.softmax(-1)}
 
 
@@ -92,14 +97,14 @@ def fifo(a: Address, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, a
     M = slots.shape[1]
     head = age.argmax(dim=1, keepdim=True)  # (B, 1) oldest slot; index 0 when all are equal
     slot = (head + gate_mass_before(gate).detach().floor().long()).remainder(M)  # (B, C)
-    return F.one_hot(slot, M).to(cand.dtype)
+    return one_hot(slot, M, cand.dtype)
 
 
 def random(a: Address, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
            pos: Tensor) -> Tensor:
     M = slots.shape[1]
     h = (pos * 2654435761 + (a.layer_idx + 1) * 40503).remainder(2**31)  # Knuth hash
-    return F.one_hot(h.remainder(M), M).to(cand.dtype)
+    return one_hot(h.remainder(M), M, cand.dtype)
 
 
 ADDRESS = {"attention": attention, "fifo": fifo, "random": random}
@@ -124,5 +129,5 @@ class Address(nn.Module):
         """pos (B, C) long: absolute input position of each candidate."""
         w = self.fn(self, cand, gate, slots, usage, age, pos)
         if self.weights == "top1":  # one slot per candidate; the soft weights carry the gradient
-            w = straight_through(F.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype), w)
+            w = straight_through(one_hot(w.argmax(-1), w.shape[-1], w.dtype), w)
         return w

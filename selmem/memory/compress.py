@@ -80,7 +80,8 @@ def maxpool(m: Compress, y: Tensor, g: Tensor) -> Candidates:
 
 
 def attnpool(m: Compress, y: Tensor, g: Tensor) -> Candidates:
-    logits = torch.einsum("kd,btd->bkt", m.queries, F.layer_norm(y, y.shape[-1:]))
+    # queries (K, d), or (B, K, d) when the layers' writes run as one batch (stacked.py)
+    logits = m.queries @ F.layer_norm(y, y.shape[-1:]).transpose(1, 2)  # (B, K, T)
     attn = (logits / math.sqrt(y.shape[-1]) + torch.log(g[:, None, :] + 1e-6)).softmax(-1)  # (B, K, T)
     feat = attn @ y  # (B, K, d)
     gate = (attn * g[:, None, :]).sum(-1)  # (B, K)

@@ -119,11 +119,12 @@ class RetrievalProbe(nn.Module):
         self.null = nn.Parameter(torch.zeros(2, d))  # key/value to attend to when nothing helps
         self.out = nn.Linear(d, cfg.vocab_size, bias=False)
 
-    def forward(self, tokens: Tensor, segment_len: int, answers: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, tokens: Tensor, segment_len: int, answers: Tensor,
+                count: int | None = None) -> tuple[Tensor, Tensor]:
         """tokens (B, N), answers (B, N) bool -> logits (A, V) at the A answer positions (row-major
         order, as ``x[answers]``) and retrieval attention (A, N) of each answer on every token of
         an earlier segment. Only the answers query the past: the other rows would cost N^2 and
-        teach nothing."""
+        teach nothing. count: A, if the caller knows it (see ``answer_positions``)."""
         B, N = tokens.shape
         e = self.embed(tokens)
         h = e
@@ -141,7 +142,7 @@ class RetrievalProbe(nn.Module):
         x = self.norm(h)
         q = self.q(x)
         k, v = self.kv(loc).chunk(2, dim=-1)
-        row, pos = answers.nonzero(as_tuple=True)  # (A,) each
+        row, pos = answer_positions(answers, count)  # (A,) each
         q = q.view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
         k = torch.cat([self.null[:1].expand(B, 1, d), k], dim=1).view(B, N + 1, H, D).transpose(1, 2)
         v = torch.cat([self.null[1:].expand(B, 1, d), v], dim=1).view(B, N + 1, H, D).transpose(1, 2)
@@ -155,14 +156,25 @@ class RetrievalProbe(nn.Module):
         return self.out(o + x[row, pos]), attn.mean(1)[:, 1:]
 
 
+def answer_positions(mask: Tensor, count: int | None = None) -> tuple[Tensor, Tensor]:
+    """(row, pos) (A,) each of the True entries of mask (B, N), row-major as ``mask.nonzero()``.
+    A nonzero waits for the device to count them (a host sync); given their ``count`` (the
+    trainer counts them on the host before the batch moves) nonzero_static needs no sync."""
+    if count is None:
+        return mask.nonzero(as_tuple=True)
+    flat = torch.nonzero_static(mask.flatten(), size=count).squeeze(1)  # (A,)
+    return flat // mask.shape[1], flat % mask.shape[1]
+
+
 def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], segment_len: int,
-                 answer_mask: Tensor, answer_targets: Tensor) -> tuple[Tensor, Tensor]:
+                 answer_mask: Tensor, answer_targets: Tensor,
+                 count: int | None = None) -> tuple[Tensor, Tensor]:
     """(probe cross-entropy at the answers, head-B BCE toward the probe's credit) for one batch.
     tokens (B, N); scores per layer (B, N); answer_mask (B, N) bool; answer_targets (B, N) long
-    (read where answer_mask)."""
-    logits, attn = probe(tokens, segment_len, answer_mask)  # (A, V), (A, N)
-    ce = F.cross_entropy(logits.float(), answer_targets[answer_mask])
-    row = answer_mask.nonzero(as_tuple=True)[0]
+    (read where answer_mask); count: the number of answers if known (``answer_positions``)."""
+    logits, attn = probe(tokens, segment_len, answer_mask, count)  # (A, V), (A, N)
+    row, pos = answer_positions(answer_mask, count)
+    ce = F.cross_entropy(logits.float(), answer_targets[row, pos])
     target = torch.zeros_like(scores[0], dtype=attn.dtype).index_add(0, row, attn.detach()).clamp(max=1.0)
     bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()
     return ce, bce

@@ -67,13 +67,16 @@ def read_prefix(read: Read, slots: Tensor, usage: Tensor, hints: Tensor | None) 
 
 def write(parts: Parts, cfg: SelmemConfig, y: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
           provenance: Tensor, pos: Tensor, read: Tensor | None, slot_decay: Tensor | None = None,
-          valid: Tensor | None = None) -> Write:
+          valid: Tensor | None = None, layers: int = 1) -> Write:
     """Head B, compress, address, update for one layer and one segment.
 
     y (B, T, d) the layer's features, slots/usage/age/provenance the layer's memory at the segment
     start ((B, M, d_mem), (B, M)), pos (B, T) absolute positions, read (B, T, M+R) the tokens'
     attention on the prefix or None, slot_decay (M,) raw learned decay or None, valid (B, T) bool
-    or None: tokens that are padding (False) write nothing and their reads do not count."""
+    or None: tokens that are padding (False) write nothing and their reads do not count.
+
+    layers > 1: the rows are ``layers`` layers' batches one after the other (stacked.py runs all
+    layers' writes as one call); ``rec`` is then (layers,), each layer's own loss."""
     M = cfg.slots
     g, score = parts.select(y, valid)  # head B: (B, T)
     cand = parts.compress(y, g)  # (B, C, d_mem) candidates
@@ -92,8 +95,9 @@ def write(parts: Parts, cfg: SelmemConfig, y: Tensor, slots: Tensor, usage: Tens
     decay = torch.sigmoid(slot_decay) if slot_decay is not None else None
     out = update(slots, usage, age, provenance, cand.values, a, cand_pos, read_mass, cfg.usage_decay,
                  decay, gate=cand.gate)
-    rec = losses.reconstruction(parts.decoder(cand.values), cand.feature, cand.gate)
-    return Write(out, g, score, cand, cand_pos, a, rec)
+    per_layer = (parts.decoder(cand.values), cand.feature, cand.gate)
+    rec = losses.reconstruction(*(x.unflatten(0, (layers, -1)) for x in per_layer))  # (layers,)
+    return Write(out, g, score, cand, cand_pos, a, rec if layers > 1 else rec[0])
 
 
 def layer_stats(w: Write, read: Tensor | None, provenance_read: Tensor) -> dict[str, Tensor | None]:

@@ -62,11 +62,11 @@ def update(slots: Tensor, usage: Tensor, age: Tensor, provenance: Tensor, cand: 
 
     slots (B, M, d_mem), usage/age (B, M), provenance (B, M) long, cand (B, C, d_mem),
     a (B, C, M) write strengths in [0, 1], cand_pos (B, C) long absolute positions,
-    read_mass (B, M), slot_decay (M,) in (0, 1) or None, gate (B, C) the selection gate of each
+    read_mass (B, M), slot_decay (M,) or (B, M) in (0, 1) or None, gate (B, C) the selection gate of each
     candidate (its importance in usage; None = 1).
     """
     if slot_decay is not None:
-        slots = slots * slot_decay[:, None]
+        slots = slots * slot_decay[..., None]
     later, kept = suffix_keep(1.0 - a)
     contrib = a * later  # (B, C, M)
     new_slots = kept[..., None] * slots + torch.einsum("bcm,bcd->bmd", contrib, cand)

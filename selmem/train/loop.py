@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import resource
 import sys
 import time
@@ -26,9 +25,10 @@ from selmem.baselines import params, train_only_params
 from selmem.experiment import ExperimentConfig, build
 from selmem.metrics import memory_metrics
 from selmem.model import SelectiveMemoryTransformer
-from selmem.state import MemoryState, NonFiniteState
+from selmem.state import NonFiniteState
 from selmem.tasks.base import Batch, Task
 from selmem.train import checkpoint, dist, run
+from selmem.train.faults import grad_norm, nonfinite_step, nonfinite_weight
 from selmem.train.optim import build_optimizer, build_scheduler
 from selmem.train.progress import Progress
 from selmem.train.seed import rng_state, seed_everything, set_rng_state
@@ -46,71 +46,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def task_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor, int]:
-    """Mean cross-entropy over scored positions, number of correct argmax answers, scored count."""
+def task_loss(logits: Tensor, batch: Batch, scored: int | None = None) -> tuple[Tensor, Tensor, int]:
+    """Mean cross-entropy over scored positions, number of correct argmax answers, scored count.
+
+    The scored positions are weighted by the mask, not gathered (a boolean index waits for the
+    device to count them): given ``scored``, the mask's count taken on the host, this makes no
+    host sync."""
     mask = batch.loss_mask
-    n = int(mask.sum())
+    n = int(mask.sum()) if scored is None else scored
     if n == 0:
         raise ValueError("batch has no scored positions (loss_mask is all False)")
-    picked, target = logits[mask], batch.targets[mask]
-    return F.cross_entropy(picked.float(), target), (picked.argmax(-1) == target).sum(), n
+    target = batch.targets.masked_fill(~mask, 0)  # any class: unscored positions weigh 0
+    ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")  # (B*N,)
+    loss = (ce * mask.flatten()).sum() / n
+    return loss, ((logits.argmax(-1) == target) & mask).sum(), n
 
 
-def credit_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
-    """selmem's credit for head B needs the scored positions and their targets; other models
-    take no such arguments."""
-    if not isinstance(model, SelectiveMemoryTransformer) or model.cfg.credit == "none":
+def host_checks(model: nn.Module, host: Batch) -> int:
+    """The checks of a training batch that read its values, made on the batch before it moves to
+    the device (no device sync there): selmem's token range, and the scored count, returned."""
+    if isinstance(model, SelectiveMemoryTransformer):
+        model.check_values(host.tokens, None)
+    return int(host.loss_mask.sum())
+
+
+def forward_kwargs(model: nn.Module, batch: Batch, scored: int) -> dict[str, Any]:
+    """What selmem's forward_sequence takes besides the tokens on the training path, after
+    ``host_checks``: the scored positions, their targets and count for head B's credit, packed
+    rows' resets, and that the token range is checked. The other models take no such arguments."""
+    if not isinstance(model, SelectiveMemoryTransformer):
         return {}
-    return {"answer_mask": batch.loss_mask, "answer_targets": batch.targets}
-
-
-def _layer(name: str) -> str:
-    """'layer 1' for a parameter of a per-layer part (blocks.1.attn.qkv.weight, select.1.score...),
-    else the shared part it belongs to (embed, cache_transform, ...)."""
-    match = re.match(r"[A-Za-z_]+\.(\d+)\.", name)
-    return f"layer {match.group(1)}" if match else f"outside the layers: {name.split('.')[0]}"
-
-
-def nonfinite_forward(model: nn.Module, step: int, loss: Tensor, out: Any) -> str | None:
-    """None if the loss, every aux loss and the state after the batch are finite (one device
-    sync), else what is not and where: the first layer whose state is, else the first parameter."""
-    losses = {"task loss": loss, **{f"aux loss {k}": v for k, v in out.losses.items()}}
-    state = out.state if isinstance(out.state, MemoryState) else None
-    checks = [torch.isfinite(v).all() for v in losses.values()]
-    if state is not None:
-        checks.append(state.finite())
-    if bool(torch.stack(checks).all()):
-        return None
-    bad = [f"{k} is {float(v.detach())}" for k, v in losses.items() if not torch.isfinite(v).all()]
-    layers = state.nonfinite_layers() if state is not None else []
-    weight = nonfinite_weight(model)  # a pass over the weights, on a fault only
-    if layers and weight.startswith("parameter"):  # a bad weight is the cause, the state its effect
-        where = f"the state holds NaN/inf in layer(s) {layers}; {weight}"
-    elif layers:
-        where = f"the state of layer {layers[0]} holds NaN/inf" + (f" (also layers {layers[1:]})" if layers[1:] else "")
-    else:
-        where = weight
-    return f"non-finite forward at step {step}: {', '.join(bad) or 'the losses are finite'}; {where}"
-
-
-def nonfinite_weight(model: nn.Module) -> str:
-    """Which parameter (and layer) holds NaN/inf first, for a fault message."""
-    params = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    return f"parameter {params[0]} ({_layer(params[0])}) is non-finite" if params else "every weight is finite"
-
-
-def nonfinite_gradient(model: nn.Module, step: int, norm: Tensor | None) -> str | None:
-    """None if the total gradient norm (``norm``, else computed here) is finite, else the first
-    parameter whose gradient holds NaN/inf, and its layer."""
-    grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
-    if norm is None:
-        norm = torch.stack([g.detach().norm() for _, g in grads]).norm() if grads else torch.zeros(())
-    if bool(torch.isfinite(norm)):
-        return None
-    names = [n for n, g in grads if not torch.isfinite(g).all()]
-    if not names:
-        return f"gradient norm overflowed at step {step} (every gradient is finite, their norm is not)"
-    return f"non-finite gradient at step {step} in {names[0]} ({_layer(names[0])})"
+    kwargs: dict[str, Any] = {**reset_kwargs(model, batch), "checked": True}
+    if model.cfg.credit != "none":
+        kwargs.update(answer_mask=batch.loss_mask, answer_targets=batch.targets, answer_count=scored)
+    return kwargs
 
 
 def reset_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
@@ -233,8 +202,9 @@ class Trainer:
         model.train()
         last_eval: dict[str, float] = {}
         while step < tc.steps:
-            batch = dist.shard_batch(task.batch("train", step, tc.batch_size), world).to(self.device)
-            loss, right, n, out, fault = self._step(step, batch, seg, opt, sched)
+            host = dist.shard_batch(task.batch("train", step, tc.batch_size), world)
+            scored, batch = host_checks(model, host), host.to(self.device)
+            loss, right, n, out, fault = self._step(step, batch, seg, opt, sched, scored)
             if fault:
                 skipped += 1
                 progress.note(f"skipped step {step + 1}: {fault}")
@@ -278,23 +248,30 @@ class Trainer:
         dist.barrier(world)
         return results
 
-    def _step(self, step: int, batch: Batch, seg: int, opt: torch.optim.Optimizer,
-              sched: Any) -> tuple[Tensor, Tensor | int, int, Any, str | None]:
+    def _step(self, step: int, batch: Batch, seg: int, opt: torch.optim.Optimizer, sched: Any,
+              scored: int | None = None) -> tuple[Tensor, Tensor | int, int, Any, str | None]:
         """One optimiser step on ``batch``: (task loss, correct, scored, output, fault). A NaN or inf
         in the loss, the state or a gradient raises FloatingPointError naming the step and the
         layer, before any weight changes; with train.nonfinite='skip' the step is skipped instead
-        (the schedule still advances: batch i stays step i) and ``fault`` says why."""
+        (the schedule still advances: batch i stays step i) and ``fault`` says why.
+
+        scored: ``host_checks`` of the batch before it moved to the device (None: made here, on
+        ``batch``). In one process a step then makes one host sync, the fault check
+        (``nonfinite_step``); the loss and accuracy stay on the device until a log step reads them.
+        Under DDP the fault flag is all-reduced, before backward (every rank runs it or none) and
+        after."""
         model, tc, world = self.model, self.exp.train, self.world
-        out, loss, right, n = None, torch.tensor(float("nan")), 0, 1
+        n = host_checks(model, batch) if scored is None else scored
+        out, loss, right = None, torch.tensor(float("nan")), 0
         forward = self.step_model if getattr(self, "step_model", None) is not None else model.forward_sequence
+        fault: str | None = None
         try:
             with self._autocast():
-                out = forward(batch.tokens, seg, **credit_kwargs(model, batch), **reset_kwargs(model, batch))
+                out = forward(batch.tokens, seg, **forward_kwargs(model, batch, n))
         except NonFiniteState as e:  # a segment made a state that the next one refuses
-            fault: str | None = f"non-finite forward at step {step + 1}: {e}; {nonfinite_weight(model)}"
+            fault = f"non-finite forward at step {step + 1}: {e}; {nonfinite_weight(model)}"
         else:
-            loss, right, n = task_loss(out.logits, batch)
-            fault = nonfinite_forward(model, step + 1, loss, out)
+            loss, right, n = task_loss(out.logits, batch, n)
         if world.distributed:  # all ranks run backward (DDP's all-reduce) or none does
             fault = dist.any_fault(fault, step + 1, world)
         if out is not None and fault is None:
@@ -305,8 +282,10 @@ class Trainer:
                 task = loss * (n * world.size / float(dist.all_sum(torch.tensor([float(n)]), world)))
             opt.zero_grad(set_to_none=True)
             (task + out.losses["aux"]).backward()
-            norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else None
-            fault = nonfinite_gradient(model, step + 1, norm)
+            norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else grad_norm(model)
+            fault = nonfinite_step(model, step + 1, loss, out, norm)
+            if world.distributed:  # a fault of one rank's forward stops every rank's step
+                fault = dist.any_fault(fault, step + 1, world)
         if fault is not None and tc.nonfinite == "stop":
             raise FloatingPointError(f"{fault}. The last good checkpoint is intact in {self.run_dir / 'ckpt'}; "
                                      "lower train.lr, raise train.grad_clip, or set train.nonfinite=skip")

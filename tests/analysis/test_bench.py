@@ -68,3 +68,17 @@ def test_bench_page_is_generated_from_its_rows(tmp_path):
         return
     assert "![streaming tokens/s and peak memory](img/benchmarks.png)" in text
     assert (page.parent / "img" / "benchmarks.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("writes", ["batched", "per_layer"])
+def test_breakdown_times_the_parts_of_either_write_path(writes):
+    """The batched writes call the layers' select/compress/address through stand-ins
+    (memory/stacked.py): the breakdown times them as it times the per-layer modules."""
+    from selmem.analysis.bench import _fresh
+    from selmem.analysis.bench_scale import profile_step
+
+    exp = ExperimentConfig.from_yaml(SMOKE)
+    exp = replace(exp, model=replace(exp.model, n_layers=2, writes=writes), train=replace(exp.train, threads=1))
+    profile = _fresh(profile_step, exp.to_dict(), 2, 0, 1)
+    for part in ("read (prefix)", "select", "compress", "address", "update", "cache transform"):
+        assert profile[part] > 0, f"{part} was not timed with writes={writes}"

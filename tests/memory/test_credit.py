@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selmem.memory.credit import credit_loss, read_credit
+from selmem.memory.credit import answer_positions, credit_loss, read_credit
 from tests.helpers import tiny_model, tokens
 
 
@@ -117,3 +117,13 @@ def test_probe_credit_trains_head_b_and_leaves_the_forward_pass_alone():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.probe.parameters())
     with pytest.raises(ValueError, match="answer_targets"):
         model.forward_sequence(x, 8, answer_mask=answers)
+
+
+def test_answer_positions_with_a_count_are_nonzeros():
+    """Given the count (the trainer's, from the host batch) the sync-free nonzero_static finds the
+    same answers in the same order as nonzero."""
+    mask = torch.rand(3, 11) < 0.3
+    mask[1] = False  # a row without answers
+    want = mask.nonzero(as_tuple=True)
+    got = answer_positions(mask, int(mask.sum()))
+    assert all(torch.equal(w, g) for w, g in zip(want, got, strict=True))
