@@ -22,6 +22,7 @@ Compress = Literal["linear", "avgpool", "maxpool", "attnpool", "none"]
 Address = Literal["attention", "fifo", "random"]
 CacheTransform = Literal["transformer", "none"]
 Sparsity = Literal["target", "l1", "budget"]
+CreditGrad = Literal["trunk", "head"]
 Credit = Literal["none", "read", "probe"]
 AddressWeights = Literal["softmax", "sparsemax", "top1"]
 NonFinite = Literal["stop", "skip"]
@@ -138,6 +139,11 @@ class SelmemConfig:
     """Causal full-attention blocks of the credit probe before its retrieval attention."""
     lambda_credit: float = 1.0
     """Weight of the credit loss (and of the probe's own loss)."""
+    credit_grad: CreditGrad = "trunk"
+    """Where the credit loss (and the score bound) send their gradient: 'trunk' = through head B
+    into the layer's features too; 'head' = into head B's own weights only (its score is taken
+    again on the detached features), so a teacher of what to keep cannot reshape what the blocks
+    compute for the task. The task's gradient through the gates reaches the trunk either way."""
     score_margin: float = 4.0
     """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
 

@@ -35,6 +35,7 @@ def test_every_option_field_is_checked():
         "credit",
         "attention",
         "writes",
+        "credit_grad",
     }
 
 

@@ -79,6 +79,8 @@ def write(parts: Parts, cfg: SelmemConfig, y: Tensor, slots: Tensor, usage: Tens
     layers' writes as one call); ``rec`` is then (layers,), each layer's own loss."""
     M = cfg.slots
     g, score = parts.select(y, valid)  # head B: (B, T)
+    if cfg.credit_grad == "head" and parts.select.score is not None:  # the teachers' score: head B's weights only
+        score = parts.select.score(y.detach()).squeeze(-1)
     cand = parts.compress(y, g)  # (B, C, d_mem) candidates
     if cfg.select == "topk":  # the write budget holds on candidates too (attnpool spreads tokens)
         cand = cand._replace(gate=budget(cand.gate, cfg.topk))

@@ -127,3 +127,28 @@ def test_answer_positions_with_a_count_are_nonzeros():
     want = mask.nonzero(as_tuple=True)
     got = answer_positions(mask, int(mask.sum()))
     assert all(torch.equal(w, g) for w, g in zip(want, got, strict=True))
+
+
+def test_credit_grad_head_keeps_the_teacher_out_of_the_trunk():
+    """credit_grad='head': the credit loss trains head B's weights and sends nothing into the
+    blocks; 'trunk' (the default) reaches them. The loss value is the same either way."""
+    from selmem.config import SelmemConfig
+    from selmem.model import SelectiveMemoryTransformer
+
+    losses, grads = {}, {}
+    for where in ("trunk", "head"):
+        torch.manual_seed(0)
+        cfg = SelmemConfig(vocab_size=20, d_model=16, n_heads=2, n_layers=2, slots=4, d_mem=8,
+                           max_segment_len=8, credit_grad=where)
+        model = SelectiveMemoryTransformer(cfg)
+        tokens = torch.randint(1, 20, (2, 16), generator=torch.Generator().manual_seed(1))
+        answers = torch.zeros(2, 16, dtype=torch.bool)
+        answers[:, -2:] = True
+        out = model.forward_sequence(tokens, 8, answer_mask=answers, answer_targets=tokens)
+        out.losses["credit"].backward()
+        losses[where] = out.losses["credit"].item()
+        grads[where] = (model.blocks[0].attn.qkv.weight.grad, model.select[0].score[0].weight.grad)
+    assert losses["trunk"] == pytest.approx(losses["head"])
+    assert grads["trunk"][0] is not None and grads["trunk"][0].abs().sum() > 0
+    assert grads["head"][0] is None  # no path from the teacher into the blocks
+    assert grads["head"][1].abs().sum() > 0  # head B still learns from it
