@@ -53,6 +53,9 @@ class AblateConfig:
     """Threads per run (0 = the machine's cores split between the workers)."""
     name: str = ""
     """Folder under train.out_dir; empty = ablate-<task>-<timestamp>."""
+    extend: bool = False
+    """Add to the existing folder ``name`` (more seeds or variants, same base config): finished
+    runs are read back, not trained again; the table covers every run asked for."""
 
 
 @dataclass
@@ -165,7 +168,7 @@ def write_report(out_dir: Path, results: list[dict[str, Any]], base: ExperimentC
 def ablate(base: ExperimentConfig, ac: AblateConfig) -> tuple[Path, str]:
     """Train every (variant, seed) of ``ac`` on ``base``'s task and budget; write the report."""
     check(ac)  # bad variants fail before any folder exists
-    out_dir = new_folder(base, ac.name, "ablate")
+    out_dir = new_folder(base, ac.name, "ablate", ac.extend)
     planned = plan(base, ac, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")
     (out_dir / "ablate.json").write_text(json.dumps(asdict(ac), indent=1))

@@ -25,6 +25,7 @@ from typing import Any
 from selmem.baselines import state_size
 from selmem.config import SelmemConfig
 from selmem.experiment import ExperimentConfig
+from selmem.files import read_json
 from selmem.tasks.base import PERCENT_METRICS, headline_metric
 
 # which config field sizes each model's carried state (None: not adjustable)
@@ -52,6 +53,10 @@ class CompareConfig:
     slots: list[int] = field(default_factory=list)
     """State-size sweep: train selmem once per slot count here (txl/rmt/armt matched to each
     size; models whose state does not depend on it are trained once). Empty = the config's slots."""
+    extend: bool = False
+    """Add to the existing folder ``name`` (more seeds or models, same base config): a run whose
+    folder already holds results.json for the same experiment is read back, not trained again,
+    and the report covers every run asked for."""
 
 
 @dataclass
@@ -105,14 +110,31 @@ def plan(base: ExperimentConfig, cc: CompareConfig, out_dir: Path) -> list[Exper
     return exps
 
 
+def finished(exp: ExperimentConfig) -> dict[str, Any] | None:
+    """The results of ``exp``'s run folder when it finished this very experiment (its config.yaml,
+    read with today's defaults for fields added since, equals ``exp``), else None."""
+    run_dir = Path(exp.train.out_dir) / exp.train.name
+    if not (run_dir / "results.json").is_file() or not (run_dir / "config.yaml").is_file():
+        return None
+    if ExperimentConfig.from_yaml(run_dir / "config.yaml").to_dict() != exp.resolved().to_dict():
+        raise ValueError(f"{run_dir} holds a different experiment than the one planned (compare its "
+                         f"config.yaml); extend a folder only with its own base config")
+    return read_json(run_dir / "results.json")
+
+
 def _train_one(exp_dict: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Worker: train one experiment (a dict, so it pickles plainly) and return its results."""
+    """Worker: train one experiment (a dict, so it pickles plainly) and return its results; a run
+    that ``finished`` already is read back."""
     import torch
 
     from selmem.train.loop import train
 
-    torch.set_num_threads(threads)
     exp = ExperimentConfig.from_dict(exp_dict)
+    done = finished(exp)
+    if done is not None:
+        print(f"  {exp.train.name:<12}: finished already, read back", file=sys.stderr, flush=True)
+        return done
+    torch.set_num_threads(threads)
     t0 = time.time()
     res = train(exp)
     metric = headline_metric(res)
@@ -219,12 +241,21 @@ def run_all(exps: list[ExperimentConfig], workers: int, out_dir: Path, threads: 
         return list(pool.map(_train_one, [e.to_dict() for e in exps], [threads] * len(exps)))
 
 
-def new_folder(base: ExperimentConfig, name: str, kind: str) -> Path:
+def new_folder(base: ExperimentConfig, name: str, kind: str, extend: bool = False) -> Path:
     """``train.out_dir/name`` (default ``<kind>-<task>-<timestamp>``), created empty; an existing
-    non-empty folder is never overwritten."""
+    non-empty folder is never overwritten. ``extend``: the existing folder ``name``, when it was
+    made from the same base config (its finished runs are then read back, see ``finished``)."""
     out_dir = Path(base.train.out_dir) / (name or f"{kind}-{base.task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if extend:
+        old = out_dir / "base_config.yaml"
+        if not name or not old.is_file():
+            raise FileNotFoundError(f"--{kind}.extend needs an existing --{kind}.name folder; {old} is missing")
+        if ExperimentConfig.from_yaml(old).to_dict() != base.resolved().to_dict():
+            raise ValueError(f"{old} differs from this command's base config: extend a folder with "
+                             f"the options it was made with")
+        return out_dir
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists; pick another --{kind}.name")
+        raise FileExistsError(f"{out_dir} exists; pick another --{kind}.name (or --{kind}.extend to add runs)")
     out_dir.mkdir(parents=True)
     return out_dir
 
@@ -236,7 +267,7 @@ def compare(base: ExperimentConfig, cc: CompareConfig) -> tuple[Path, str]:
         raise ValueError(f"unknown model(s) {unknown}; known: {sorted(STATE_KNOB)}")
     if not cc.seeds:
         raise ValueError("compare needs at least one seed")
-    out_dir = new_folder(base, cc.name, "compare")
+    out_dir = new_folder(base, cc.name, "compare", cc.extend)
     exps = plan(base, cc, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")
     (out_dir / "compare.json").write_text(json.dumps(asdict(cc), indent=1))

@@ -165,3 +165,24 @@ def test_sweep_table_has_a_row_per_size(tmp_path, keep_threads):
     assert [r["model"] for r in rows] == ["selmem", "selmem"]
     assert int(rows[0]["state_floats"]) < int(rows[1]["state_floats"])
     assert (out_dir / "state.png").read_bytes()[:8] == PNG
+
+
+def test_extend_adds_seeds_and_reads_finished_runs_back(tmp_path, keep_threads, monkeypatch):
+    """A second call with --compare.extend and more seeds trains only the new seed; the table
+    covers both. A different base config, or no folder, is refused before any training."""
+    import selmem.train.loop as loop
+
+    base = smoke(tmp_path, steps=4, eval_every=4)
+    compare(base, CompareConfig(models=["local"], seeds=[0], workers=1, name="c"))
+    first = (tmp_path / "c" / "local-s0" / "results.json").read_text()
+    trained = []
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda exp: trained.append(exp.train.name) or real_train(exp))
+    out_dir, table = compare(base, CompareConfig(models=["local"], seeds=[0, 1], workers=1, name="c", extend=True))
+    assert trained == ["local-s1"]
+    assert (out_dir / "local-s0" / "results.json").read_text() == first
+    assert json.loads((out_dir / "results.json").read_text())["rows"][0]["seeds"] == 2
+    with pytest.raises(ValueError, match="differs from this command's base config"):
+        compare(smoke(tmp_path, steps=5, eval_every=5), CompareConfig(models=["local"], workers=1, name="c", extend=True))
+    with pytest.raises(FileNotFoundError, match="needs an existing --compare.name folder"):
+        compare(base, CompareConfig(models=["local"], workers=1, name="nothing-here", extend=True))
