@@ -183,6 +183,7 @@ def test_extend_adds_seeds_and_reads_finished_runs_back(tmp_path, keep_threads, 
     assert (out_dir / "local-s0" / "results.json").read_text() == first
     assert json.loads((out_dir / "results.json").read_text())["rows"][0]["seeds"] == 2
     with pytest.raises(ValueError, match="differs from this command's base config"):
-        compare(smoke(tmp_path, steps=5, eval_every=5), CompareConfig(models=["local"], workers=1, name="c", extend=True))
+        other = smoke(tmp_path, steps=5, eval_every=5)
+        compare(other, CompareConfig(models=["local"], workers=1, name="c", extend=True))
     with pytest.raises(FileNotFoundError, match="needs an existing --compare.name folder"):
         compare(base, CompareConfig(models=["local"], workers=1, name="nothing-here", extend=True))
