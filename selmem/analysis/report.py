@@ -19,6 +19,7 @@ from selmem.analysis.compare import METRICS, fmt_metric, metric_keys
 from selmem.analysis.length import summarise as summarise_lengths
 from selmem.tasks.base import PERCENT_METRICS
 
+LOWER_IS_BETTER = ("bits_per_token", "mae")
 PLOTS = ("curves.png", "state.png", "ablation.png", "length.png")
 MODELS = ("selmem", "full", "local", "txl", "rmt", "armt", "lstm")  # the overview's column order
 
@@ -47,13 +48,17 @@ def overview(folders: list[Path]) -> str:
         rows = {r["model"]: r for r in data["rows"]}
         if len(rows) < len(data["rows"]):  # a state-size sweep: its own section has every size
             continue
-        key = metric_keys(data["rows"])[0]
-        cells = [fmt_metric(rows[m], key) if m in rows else "" for m in MODELS]
         chance = data["rows"][0]["chance"]
         seeds = max(r["seeds"] for r in data["rows"])
-        metric = METRICS[key].replace("test ", "")
-        metric += f" (chance {chance:.1%})" if chance is not None else " (lower is better)"
-        lines.append(f"| {folder.name} | {data['runs'][0]['task']} | {metric} | " + " | ".join(cells) + f" | {seeds} |")
+        for i, key in enumerate(metric_keys(data["rows"])):  # the headline first; molecules add MAE, R²
+            cells = [fmt_metric(rows[m], key) if m in rows else "" for m in MODELS]
+            metric = METRICS[key].replace("test ", "")
+            if i == 0 and chance is not None:
+                metric += f" (chance {chance:.1%})"
+            elif key in LOWER_IS_BETTER:
+                metric += " (lower is better)"
+            task = data["runs"][0]["task"]
+            lines.append(f"| {folder.name} | {task} | {metric} | " + " | ".join(cells) + f" | {seeds} |")
     if not lines:
         return ""
     head = "| comparison | task | metric | " + " | ".join(MODELS) + " | seeds |"

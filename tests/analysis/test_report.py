@@ -52,6 +52,22 @@ def test_overview_has_a_row_per_comparison_and_a_column_per_model(tmp_path):
     assert "| a | mqar | accuracy (chance 10.0%) | 99.0% ± 1.0% |  |  | 2.0% ± 0.0% |  |  |  | 3 |" in text
 
 
+def test_overview_gives_every_metric_of_a_task_a_row(tmp_path):
+    """molecules: accuracy (its headline), then MAE (lower is better) and R²; babi: exact match
+    first, then per-byte accuracy."""
+    a, b = fake_compare(tmp_path / "a"), fake_compare(tmp_path / "b")
+    mol = {**row("selmem", 0.86), "mae": 5.54, "mae_std": 0.0, "r2": 0.895, "r2_std": 0.0}
+    (a / "results.json").write_text(json.dumps({"rows": [mol], "runs": [{"task": "molecules"}]}))
+    babi = {**row("selmem", 0.95), "metric": "exact_match", "exact_match": 0.5, "exact_match_std": 0.0}
+    (b / "results.json").write_text(json.dumps({"rows": [babi], "runs": [{"task": "babi"}]}))
+    text = report([a, b], tmp_path / "R.md").read_text()
+    assert "| a | molecules | accuracy (chance 10.0%) | 86.0% ± 0.0% |" in text
+    assert "| a | molecules | MAE (lower is better) | 5.54 ± 0.00 |" in text
+    assert "| a | molecules | R² | 0.895 ± 0.000 |" in text
+    first = text.index("| b | babi | exact match (chance 10.0%) | 50.0% ± 0.0% |")
+    assert first < text.index("| b | babi | accuracy | 95.0%")
+
+
 @pytest.mark.parametrize("delta, se, seeds, verdict", [
     (-0.5, 0.05, 3, "held"), (-0.05, 0.03, 3, "no difference"), (0.2, 0.01, 3, "better without it"),
     (-0.5, 0.0, 1, "not decided"), (-0.005, 0.0, 3, "no difference"),
