@@ -20,6 +20,8 @@ from selmem.analysis.length import summarise as summarise_lengths
 from selmem.tasks.base import PERCENT_METRICS
 
 LOWER_IS_BETTER = ("bits_per_token", "mae")
+# claim -> the ablation run (its folder label) that tests it at the longest evaluated length
+LONG_STREAM_CLAIMS = {"forgetting keeps the memory useful over long streams": "forgetting-off"}
 PLOTS = ("curves.png", "state.png", "ablation.png", "length.png")
 MODELS = ("selmem", "full", "local", "txl", "rmt", "armt", "lstm")  # the overview's column order
 
@@ -117,7 +119,7 @@ def verdicts(folders: list[Path]) -> list[str]:
             continue
         at = {m: by_n[longest][0] for m, by_n in table.items() if longest in by_n}
         base = table["selmem"].get(trained, (float("nan"),))[0]
-        others = {m: a for m, a in at.items() if m != "selmem"}
+        others = {m: a for m, a in at.items() if m != "selmem" and m in MODELS}  # baselines, not ablations
         best = max(others.items(), key=lambda kv: kv[1]) if others else None
         kept = at["selmem"] >= base - 0.05
         ahead = best is None or at["selmem"] > best[1] + 0.05
@@ -133,6 +135,22 @@ def verdicts(folders: list[Path]) -> list[str]:
         lines.append(f"- **the memory generalises to longer inputs** ({data['task']}, `{folder.name}`): {held}. "
                      f"Trained at {trained} segments, selmem {base:.1%} there, within 5 points of it up to "
                      f"{upto} segments, and {at['selmem']:.1%} at {longest}{rival}.")
+        lines += long_stream_verdicts(folder, data, table, longest)
+    return lines
+
+
+def long_stream_verdicts(folder: Path, data: dict[str, Any], table: dict, longest: int) -> list[str]:
+    """An ablation's checkpoints evaluated at longer inputs (``selmem length`` on an ablate folder):
+    the claims about long streams, decided at the longest length."""
+    lines = []
+    for claim, variant in LONG_STREAM_CLAIMS.items():
+        if longest not in table.get(variant, {}):
+            continue
+        (a, sa, na), (b, sb, nb) = table[variant][longest], table["selmem"][longest]
+        se = (sa**2 / na + sb**2 / nb) ** 0.5
+        lines.append(f"- **{claim}** ({data['task']}, `{folder.name}`): {_verdict(a - b, se, min(na, nb))}. "
+                     f"At {longest} segments selmem {b:.1%}, without it ({variant}) {a:.1%}, "
+                     f"Δ {a - b:+.1%} ± {se:.1%}.")
     return lines
 
 

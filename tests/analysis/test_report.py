@@ -100,3 +100,19 @@ def test_claims_are_computed_from_ablation_and_length_results(tmp_path):
     assert "**compression saves state** (mqar, `abl`): held. selmem 98.0% ± 1.0% with 100 floats" in claims
     assert "(passkey, `len`): held. Trained at 4 segments, selmem 100.0% there, within 5 points of it up to 256 " \
            "segments, and 97.0% at 256; best other model txl 10.0%." in claims
+
+
+def test_forgetting_is_judged_at_the_longest_length_of_an_ablation(tmp_path):
+    """selmem length on an ablate folder: forgetting-off against selmem at 256 segments, over two
+    seeds; the variant is not a rival in the length-generalisation line."""
+    ln = tmp_path / "len"
+    ln.mkdir()
+    acc = {("selmem", 0): 0.98, ("selmem", 1): 0.96, ("forgetting-off", 0): 0.60, ("forgetting-off", 1): 0.50}
+    points = [{"model": m, "seed": s, "segments": n, "accuracy": 1.0 if n == 4 else a, "trained_segments": 4,
+               "chance": 0.1} for (m, s), a in acc.items() for n in (4, 256)]
+    (ln / "results.json").write_text(json.dumps({"kind": "length", "task": "mqar", "points": points}))
+    (ln / "results.md").write_text("# length\n\n| table |")
+    claims = report([ln], tmp_path / "R.md").read_text().split("## What held and what did not", 1)[1]
+    assert "**forgetting keeps the memory useful over long streams** (mqar, `len`): held." in claims
+    assert "At 256 segments selmem 97.0%, without it (forgetting-off) 55.0%, Δ -42.0%" in claims
+    assert "best other model" not in claims
