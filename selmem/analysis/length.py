@@ -44,7 +44,8 @@ class LengthConfig:
     segments: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128, 256])
     """Numbers of segments to evaluate at."""
     models: list[str] = field(default_factory=lambda: ["selmem", "armt", "rmt", "txl"])
-    """Models of the comparison to evaluate (runs of other models are skipped)."""
+    """Models of the comparison to evaluate (runs of other models are skipped), or variants of an
+    ablation by their run names less the seed (selmem forgetting-off)."""
     batches: int = 4
     """Test batches per length (of the run's batch size)."""
     ckpt: str = "best"
@@ -83,6 +84,13 @@ def stream_accuracy(model: torch.nn.Module, task: Task, segment_len: int, batche
     return right / count
 
 
+def wanted(label: str, arch: str, models: list[str]) -> bool:
+    """Is the run ``label`` (its folder name less the seed) of ``arch`` one of ``models``? A name
+    is a model (with every size of a sweep: selmem-m16) or an ablation variant (forgetting-off);
+    an ablation's variants are all selmem, so "selmem" there means the unchanged model only."""
+    return label in models or (arch in models and re.fullmatch(re.escape(arch) + r"-m\d+", label) is not None)
+
+
 def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
     from selmem.cli import load_run
 
@@ -92,7 +100,8 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
     out = []
     for run_dir in runs:
         exp = ExperimentConfig.from_yaml(run_dir / "config.yaml")
-        if exp.arch not in lc.models:
+        label = re.sub(r"-s\d+$", "", run_dir.name)  # selmem-s0 -> selmem; select-all-s1 -> select-all
+        if not wanted(label, exp.arch, lc.models):
             continue
         exp, model, task = load_run(run_dir, lc.ckpt, model_set=lc.model_set if exp.arch == "selmem" else None)
         if task.name not in STRETCH:
@@ -101,7 +110,6 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
         for n in lc.segments:
             t0 = time.time()
             acc = stream_accuracy(model, STRETCH[task.name](task, n, seg), seg, lc.batches, exp.train.batch_size)
-            label = re.sub(r"-s\d+$", "", run_dir.name)  # selmem-s0 -> selmem; select-all-s1 -> select-all
             if lc.model_set and exp.arch == "selmem":
                 label += f" ({', '.join(lc.model_set)})"
             out.append({"task": task.name, "model": label, "seed": exp.train.seed, "segments": n, "accuracy": acc,

@@ -91,3 +91,16 @@ def test_model_overrides_reach_the_model_and_bad_ones_are_named(tmp_path):
         load_run(run, model_set=["check_finite=maybe"])
     with pytest.raises(ValueError, match="age_weight takes a float"):
         load_run(run, model_set=["age_weight=high"])
+
+
+@pytest.mark.parametrize("label, arch, models, chosen", [
+    ("selmem", "selmem", ["selmem"], True),
+    ("selmem-m16", "selmem", ["selmem"], True),  # every size of a sweep
+    ("forgetting-off", "selmem", ["selmem"], False),  # an ablation variant is not "selmem"
+    ("forgetting-off", "selmem", ["selmem", "forgetting-off"], True),
+    ("txl", "txl", ["selmem"], False),
+])
+def test_models_name_runs_of_a_comparison_or_an_ablation(label, arch, models, chosen):
+    from selmem.analysis.length import wanted
+
+    assert wanted(label, arch, models) is chosen
