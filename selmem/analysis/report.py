@@ -17,9 +17,8 @@ from typing import Any
 
 from selmem.analysis.compare import METRICS, fmt_metric, metric_keys
 from selmem.analysis.length import summarise as summarise_lengths
-from selmem.tasks.base import PERCENT_METRICS
+from selmem.tasks.base import LOWER_IS_BETTER, PERCENT_METRICS
 
-LOWER_IS_BETTER = ("bits_per_token", "mae")
 # claim -> the ablation run (its folder label) that tests it at the longest evaluated length
 LONG_STREAM_CLAIMS = {"forgetting keeps the memory useful over long streams": "forgetting-off"}
 PLOTS = ("curves.png", "state.png", "ablation.png", "length.png")

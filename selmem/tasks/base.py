@@ -18,13 +18,19 @@ from torch import Tensor
 
 SPLIT_IDS = {"train": 0, "test": 1}
 PERCENT_METRICS = ("accuracy", "exact_match")  # fractions, shown as percentages; higher is better
+LOWER_IS_BETTER = ("bits_per_token", "mae")
+
+
+def default_metric(chance: float | None) -> str:
+    """Answer accuracy for classification, bits per token for language modelling (no chance)."""
+    return "accuracy" if chance is not None else "bits_per_token"
 
 
 def headline_metric(results: dict) -> str:
     """The test metric a run (its results.json, or a summary row) is judged by: the task's
     ``metric`` where recorded, else accuracy for classification and bits per token for language
     modelling (results written before tasks named their metric)."""
-    return results.get("metric") or ("accuracy" if results["chance"] is not None else "bits_per_token")
+    return results.get("metric") or default_metric(results["chance"])
 
 
 @dataclass
@@ -93,7 +99,7 @@ class Task:
     def metric(self) -> str:
         """The test metric the task is judged by (a key of ``evaluate``'s result): answer
         accuracy for classification, bits per token for language modelling (no chance)."""
-        return "accuracy" if self.chance is not None else "bits_per_token"
+        return default_metric(self.chance)
 
     @property
     def chance(self) -> float | None:

@@ -26,7 +26,7 @@ from selmem.experiment import ExperimentConfig, build
 from selmem.metrics import memory_metrics
 from selmem.model import SelectiveMemoryTransformer
 from selmem.state import NonFiniteState
-from selmem.tasks.base import Batch, Task
+from selmem.tasks.base import LOWER_IS_BETTER, Batch, Task
 from selmem.train import checkpoint, dist, run
 from selmem.train.faults import grad_norm, nonfinite_step, nonfinite_weight
 from selmem.train.optim import build_optimizer, build_scheduler
@@ -184,7 +184,7 @@ class Trainer:
         seg = exp.segment_len()
         test = task.test_set(tc.eval_batches, tc.batch_size)
         key = task.metric
-        higher = key != "bits_per_token"  # classification: accuracy (or exact match) up; LM: bits down
+        higher = key not in LOWER_IS_BETTER  # classification: accuracy (or exact match) up; LM: bits down
         step, best, elapsed, skipped = 0, None, 0.0, 0
         if tc.resume:
             if not world.main:
