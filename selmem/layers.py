@@ -27,11 +27,13 @@ class RMSNorm(nn.Module):
 
 
 def rotary_table(start: int, end: int, D: int, dtype: torch.dtype, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """cos, sin (end - start, D/2) of the rotary angles at positions start..end-1 (row i of the
-    table for 0..T-1 equals the table for i..i+1 exactly: a decoder computes it once a stream)."""
+    """cos, sin (end - start, D) of the rotary angles at positions start..end-1, as ``rotary``
+    applies them: each channel pair's angle twice, sin signed (-sin, sin) (row i of the table for
+    0..T-1 equals the table for i..i+1 exactly: a decoder computes it once a stream)."""
     inv = 1.0 / (10000 ** (torch.arange(0, D, 2, device=device, dtype=dtype) / D))
     ang = torch.arange(start, end, device=device, dtype=dtype)[:, None] * inv  # (T, D/2)
-    return ang.cos(), ang.sin()
+    cos, sin = ang.cos(), ang.sin()
+    return cos.repeat_interleave(2, -1), torch.stack([-sin, sin], dim=-1).flatten(-2)
 
 
 # Rotary tables and causal masks depend only on shapes, dtype and device: build each once per
@@ -60,16 +62,17 @@ def prefix_causal_mask(T: int, S: int, device: torch.device | str) -> Tensor:
 
 
 def rotary(x: Tensor, offset: int = 0, table: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Rotary position embedding over the T axis of x (B, H, T, D), positions offset..offset+T-1
-    (from ``table``, a ``rotary_table`` from 0, when given)."""
+    """Rotary position embedding over the T axis of x (..., T, D), positions offset..offset+T-1
+    (from ``table``, a ``rotary_table`` from 0, when given): each channel pair (x1, x2) turns to
+    (x1 cos - x2 sin, x2 cos + x1 sin), written as x * cos + (pairs swapped) * signed sin, which
+    is the same arithmetic in fewer kernels (this runs twice per layer per segment)."""
     T, D = x.shape[-2], x.shape[-1]
     if table is None:
         cos, sin = _cached(("rope", offset, T, D, x.dtype, str(x.device)),
                            lambda: rotary_table(offset, offset + T, D, x.dtype, x.device))
     else:
         cos, sin = table[0][offset : offset + T], table[1][offset : offset + T]
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return x * cos + x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) * sin
 
 
 def _widen(t: Tensor, first: Tensor | float | None, e: int) -> Tensor:
@@ -109,9 +112,8 @@ class Attention(nn.Module):
         (the probability mass each token puts on each prefix entry, mean over heads)."""
         B, T, d = x.shape
         H = self.n_heads
-        q, k, v = self.qkv(x).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
-        if rope:
-            q, k = rotary(q), rotary(k)
+        qkv = self.qkv(x).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+        q, k, v = (*rotary(qkv[:2]), qkv[2]) if rope else qkv
         pkv = self.prefix_kv(prefix) if prefix is not None else None
         attend = self._sdpa if self.fast else self._explicit
         y, read = attend(q, k, v, pkv, prefix_bias)  # (B, H, T, D), (B, T, S) or None
@@ -182,8 +184,8 @@ class Attention(nn.Module):
         B, t, d = x.shape
         H = self.n_heads
         n = past[0].shape[2] if past is not None else 0
-        q, k, v = self.qkv(x).view(B, t, 3, H, d // H).permute(2, 0, 3, 1, 4)  # each (B, H, t, D)
-        q, k = rotary(q, n, rope), rotary(k, n, rope)
+        qkv = self.qkv(x).view(B, t, 3, H, d // H).permute(2, 0, 3, 1, 4)  # (3, B, H, t, D)
+        (q, k), v = rotary(qkv[:2], n, rope), qkv[2]
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, n+t, D)
         kk, vv, S = k, v, 0

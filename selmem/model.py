@@ -25,7 +25,7 @@ from selmem.memory.layer import Parts, Write, read_prefix
 from selmem.memory.layer import layer_stats as layer_stats_of
 from selmem.memory.read import Read
 from selmem.memory.select import Select
-from selmem.memory.stacked import write_layers
+from selmem.memory.stacked import stack_parts, write_layers
 from selmem.state import MemoryState, NonFiniteState
 
 
@@ -97,7 +97,7 @@ class SelectiveMemoryTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, state: MemoryState | None = None, mask: Tensor | None = None, *,
-                checked: bool = False) -> Output:
+                checked: bool = False, parts: Parts | None = None) -> Output:
         """Process one segment. tokens (B, T) long, T <= max_segment_len.
 
         mask (B, T) bool or None: False marks padding after a row's tokens (right padding). Padding
@@ -107,7 +107,11 @@ class SelectiveMemoryTransformer(nn.Module):
         checked: the caller has checked the token range and the state's finiteness already
         (forward_sequence does, once per sequence) and made the mask right padding, so skip those
         checks: each reads values back from the device, a host sync per segment on the training
-        path."""
+        path.
+
+        parts: ``write_parts(B, device)``, the layers' write parts stacked for the batched write, which
+        forward_sequence builds once per sequence (stacking the weights is a few kernels per
+        parameter, forward and backward); None: built here when needed."""
         state = self._check(tokens, state, mask, values=not checked)
         tokens = tokens.long()  # _check accepts int16/uint8 ids too; nn.Embedding takes int64/int32 only
         T = tokens.shape[1]
@@ -124,7 +128,7 @@ class SelectiveMemoryTransformer(nn.Module):
         logits = self.head(self.norm(h))  # (B, T, V)
         # head B .. update of every layer: no write reads another layer's new memory, so all run
         # after the stack, as one batched call (memory/stacked.py)
-        writes = self.write(ys, reads, state, pos, mask)
+        writes = self.write(ys, reads, state, pos, mask, parts)
         layer_stats = [layer_stats_of(writes[l], reads[l], state.provenance[l]) for l in range(len(writes))]
         new_state = self._stack(state, writes, T if mask is None else mask.sum(1))
         if mask is not None:
@@ -144,13 +148,21 @@ class SelectiveMemoryTransformer(nn.Module):
         return decoding.decode(self, tokens, cache)
 
     def write(self, ys: list[Tensor], reads: list[Tensor | None], state: MemoryState, pos: Tensor,
-              valid: Tensor | None = None) -> list[Write]:
+              valid: Tensor | None = None, parts: Parts | None = None) -> list[Write]:
         """Every layer's write of one segment (cfg.writes: batched or per layer): ys [(B, T, d)] * L
         the blocks' outputs, reads [(B, T, M+R) or None] * L, state the memory at the segment
-        start, pos (B, T) absolute positions, valid (B, T) bool or None."""
+        start, pos (B, T) absolute positions, valid (B, T) bool or None, parts ``write_parts(B, device)``
+        or None."""
         return write_layers([self.parts(l) for l in range(self.cfg.n_layers)], self.cfg, ys, state.slots,
                             state.usage, state.age, state.provenance, pos, reads, self.slot_decay, valid,
-                            batched=self.cfg.writes == "batched")
+                            batched=self.cfg.writes == "batched", stacked=parts)
+
+    def write_parts(self, batch_size: int, device: torch.device | str) -> Parts | None:
+        """Every layer's parts as the batched write takes them (memory/stacked.py), for batches
+        of ``batch_size``; None when the writes run per layer."""
+        if self.cfg.writes != "batched" or self.cfg.n_layers == 1:
+            return None
+        return stack_parts([self.parts(l) for l in range(self.cfg.n_layers)], batch_size, torch.device(device))
 
     def parts(self, l: int) -> Parts:
         """Layer l's memory parts, as ``memory.layer.write`` takes them."""
@@ -207,7 +219,8 @@ class SelectiveMemoryTransformer(nn.Module):
         if attention_mask is None and reset is None and doc_ids is None:
             if not checked:
                 self.check_values(tokens, state)  # once per sequence, not once per segment
-            out = run_segments(self, tokens, segment_len, state, checked=True)
+            out = run_segments(self, tokens, segment_len, state, checked=True,
+                               parts=self.write_parts(tokens.shape[0], tokens.device))
         else:
             out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
                                        reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids), checked)
@@ -245,12 +258,13 @@ class SelectiveMemoryTransformer(nn.Module):
         fresh = self.init_state(B, tokens.device)
         outs, K = [], self.cfg.bptt_segments
         steps = packing.schedule(valid, starts, seg)
+        parts = self.write_parts(B, tokens.device)
         for i, step in enumerate(steps):
             if K and i and i % K == 0:
                 state = state.detach()  # truncated BPTT boundary
             state = state.where(step.reset, fresh)  # a document starts: a fresh memory for its row
             x = tokens.gather(1, step.index)
-            out = self(x, state, None if step.full else step.mask, checked=True)
+            out = self(x, state, None if step.full else step.mask, checked=True, parts=parts)
             state = out.state
             outs.append(out)
         dest = torch.cat([step.dest for step in steps])

@@ -1,10 +1,11 @@
-"""selmem bench: speed and memory of every model at one size, on random tokens.
+"""selmem bench: speed and memory of every model at one size, on the task's training batches.
 
     selmem bench --config configs/cpu.yaml [--bench.models selmem full armt] [--bench.seq-len 1024]
 
 Per model, each in a fresh process (so that peak memory is its own): parameters, carried state
-(floats per sequence at the benchmark's length), training throughput (forward over the whole
-sequence streamed in segments, backward, AdamW step), streaming inference throughput (no
+(floats per sequence at the benchmark's length), training throughput (the trainer's step:
+forward over the whole sequence streamed in segments, backward, AdamW step, on the task's training
+batch; selmem's with its train-time teacher, and once more without it), streaming inference throughput (no
 gradient), and peak memory: the CUDA allocator's peak on a GPU, the process's peak resident set
 on a CPU (which includes Python and torch themselves, about 300 MB). Throughputs are medians
 over ``repeats`` timed steps after ``warmup`` untimed ones. txl/rmt/armt are sized to selmem's
@@ -79,14 +80,28 @@ def _time(fn, warmup: int, repeats: int, sync) -> float:
     return statistics.median(times)
 
 
+def training_batch(exp: ExperimentConfig, batch_size: int, seq_len: int):
+    """What a training step of the benchmark eats: the task's own training batch at its length
+    (so selmem's teacher sees the task's answers, as in ``selmem train``), or at another length
+    random tokens with every position scored (language modelling: every position is an answer)."""
+    import torch
+
+    from selmem.tasks.base import Batch
+
+    if seq_len == exp.task.seq_len:
+        return exp.task.batch("train", 0, batch_size)
+    gen = torch.Generator().manual_seed(exp.train.seed)
+    x = torch.randint(0, exp.model.vocab_size, (batch_size, seq_len + 1), generator=gen)
+    return Batch(x[:, :-1], x[:, 1:], torch.ones(batch_size, seq_len, dtype=torch.bool))
+
+
 def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> dict[str, Any]:
     """Worker: build model ``name`` from the experiment and time it."""
     import torch
-    import torch.nn.functional as F
 
     from selmem.analysis.compare import matched_config
     from selmem.baselines import build_model, params, state_size
-    from selmem.train.loop import resolve_device
+    from selmem.train.loop import forward_kwargs, host_checks, reset_kwargs, resolve_device, task_loss
 
     exp, bc = ExperimentConfig.from_dict(exp_dict), BenchConfig(**bc_dict)
     if exp.train.threads > 0:
@@ -97,34 +112,44 @@ def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> d
     if bc.match_state:
         cfg = matched_config(name, cfg, state_size("selmem", cfg))
     model = build_model(name, cfg).to(device)
+    if exp.train.compile:  # as the trainer does: the per-segment forward runs compiled
+        model.compile()
     N, seg, B = bc.seq_len or exp.task.seq_len, exp.segment_len(), bc.batch_size
-    x = torch.randint(0, cfg.vocab_size, (B, N + 1), device=device)
-    inp, tgt = x[:, :-1], x[:, 1:]
+    host = training_batch(exp, B, N)
+    batch = host.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def train_step() -> None:
-        out = model.forward_sequence(inp, seg)
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), tgt.flatten()) + out.losses["aux"]
+    def train_step(teacher: bool = True) -> None:  # the trainer's step (Trainer._step) minus its checks
+        n = host_checks(model, host)
+        kwargs = forward_kwargs(model, batch, n) if teacher else reset_kwargs(model, batch)
+        out = model.forward_sequence(batch.tokens, seg, **kwargs)
+        loss, _, _ = task_loss(out.logits, batch, n)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + out.losses["aux"]).backward()
         opt.step()
 
     def infer_step() -> None:
         with torch.no_grad():
-            model.forward_sequence(inp, seg)
+            model.forward_sequence(batch.tokens, seg)
 
     model.train()
     t_train = _time(train_step, bc.warmup, bc.repeats, sync)
+    # selmem's train-time teacher (memory/credit.py's probe) is part of its training step; the
+    # model's own cost, without it, is what the memory adds at inference and is timed too
+    taught = "answer_mask" in forward_kwargs(model, batch, 0) and cfg.lambda_credit != 0
+    t_alone = _time(lambda: train_step(teacher=False), bc.warmup, bc.repeats, sync) if taught else None
     model.eval()
     t_infer = _time(infer_step, bc.warmup, bc.repeats, sync)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"model": name, "params": params(model), "state_floats": state_size(name, cfg, seq_len=N),
             "seq_len": N, "batch_size": B, "device": str(device),
-            "train_tokens_per_s": B * N / t_train, "infer_tokens_per_s": B * N / t_infer, "peak_mem_mb": peak}
+            "train_tokens_per_s": B * N / t_train,
+            "train_tokens_per_s_no_teacher": B * N / t_alone if t_alone else None,
+            "infer_tokens_per_s": B * N / t_infer, "peak_mem_mb": peak}
 
 
 def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]], str]:
@@ -185,11 +210,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | params | state floats | train tok/s | train x local | stream tok/s | peak MB |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = f"{r['train_tokens_per_s'] / local:.2f}" if local else "-"
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['state_floats']:,} | {r['train_tokens_per_s']:,.0f} | "
-                     f"{ratio} | {r['infer_tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} |")
+        alone = r.get("train_tokens_per_s_no_teacher")
+        for name, speed in ((r["model"], r["train_tokens_per_s"]),) + (((f"{r['model']} without its teacher", alone),)
+                                                                      if alone else ()):
+            ratio = f"{speed / local:.2f}" if local else "-"
+            lines.append(f"| {name} | {r['params']:,} | {r['state_floats']:,} | {speed:,.0f} | "
+                         f"{ratio} | {r['infer_tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} |")
     if rows:
         r = rows[0]
         lines.append(f"\nbatch {r['batch_size']} x {r['seq_len']} tokens on {r['device']}; "
-                     "median of the timed steps; train = forward + backward + AdamW step.")
+                     "median of the timed steps; train = the trainer's step (forward over the whole "
+                     "sequence in segments, backward, AdamW step) on the task's training batch. selmem's "
+                     "includes its train-time teacher (head B's credit, memory/credit.py); the row "
+                     "without it is the memory's own cost.")
     return "\n".join(lines)

@@ -27,7 +27,8 @@ from typing import Any
 from selmem.experiment import ExperimentConfig
 
 PARTS = ["blocks (attention incl. the read, MLP)", "read (prefix)", "select", "compress", "address",
-         "update", "cache transform", "rest of forward (embed, head, losses)", "backward", "optimiser step"]
+         "update", "cache transform", "teacher (head B's probe, forward)", "rest of forward (embed, head, losses)",
+         "backward (the teacher's included)", "optimiser step"]
 
 
 def stream_one(name: str, exp_dict: dict[str, Any], n_tokens: int, budget_s: float) -> dict[str, Any]:
@@ -78,12 +79,12 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
     """Worker: seconds per part of a selmem training step (forward parts by hooks), mean of
     ``repeats`` steps after one warm-up step."""
     import torch
-    import torch.nn.functional as F
 
     import selmem.memory.layer as layer_mod
     import selmem.memory.stacked as stacked
+    from selmem.analysis.bench import training_batch
     from selmem.model import SelectiveMemoryTransformer
-    from selmem.train.loop import resolve_device
+    from selmem.train.loop import forward_kwargs, host_checks, resolve_device, task_loss
 
     exp = ExperimentConfig.from_dict(exp_dict)
     if exp.train.threads > 0:
@@ -105,7 +106,8 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
         return timed
 
     groups = {PARTS[0]: model.blocks, PARTS[1]: model.read, PARTS[2]: model.select, PARTS[3]: model.compress,
-              PARTS[4]: model.address, PARTS[6]: [model.cache_transform]}
+              PARTS[4]: model.address, PARTS[6]: [model.cache_transform],
+              PARTS[7]: [model.probe] if model.probe is not None else []}
     for part, mods in groups.items():
         for m in mods:
             m.forward = clock(part, m.forward)
@@ -114,15 +116,17 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
         cls.__call__ = clock(part, cls.__call__)
     layer_mod.update = clock("update", layer_mod.update)
     N, seg = seq_len or exp.task.seq_len, exp.segment_len()
-    x = torch.randint(0, exp.model.vocab_size, (batch_size, N + 1), device=device)
+    host = training_batch(exp, batch_size, N)
+    batch = host.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     total: dict[str, float] = defaultdict(float)
     for i in range(repeats + 1):
         spent.clear()
         sync()
         t0 = time.perf_counter()
-        out = model.forward_sequence(x[:, :-1], seg)
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), x[:, 1:].flatten()) + out.losses["aux"]
+        n = host_checks(model, host)
+        out = model.forward_sequence(batch.tokens, seg, **forward_kwargs(model, batch, n))
+        loss = task_loss(out.logits, batch, n)[0] + out.losses["aux"]
         sync()
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -132,8 +136,8 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
         opt.step()
         sync()
         t3 = time.perf_counter()
-        spent[PARTS[7]] = (t1 - t0) - sum(v for k, v in spent.items())
-        spent[PARTS[8]], spent[PARTS[9]] = t2 - t1, t3 - t2
+        spent[PARTS[8]] = (t1 - t0) - sum(v for k, v in spent.items())
+        spent[PARTS[9]], spent[PARTS[10]] = t2 - t1, t3 - t2
         if i:  # the first step warms up
             for k, v in spent.items():
                 total[k] += v / repeats
@@ -162,9 +166,15 @@ def bars(train_rows: list[dict[str, Any]], stream_rows: list[dict[str, Any]]) ->
     out = []
     local = {r["model"]: r for r in train_rows}
     if "selmem" in local and "local" in local:
-        ratio = local["selmem"]["train_tokens_per_s"] / local["local"]["train_tokens_per_s"]
+        base, sel = local["local"]["train_tokens_per_s"], local["selmem"]
+        ratio = sel["train_tokens_per_s"] / base
         out.append(f"selmem training at {ratio:.2f}x local: target >= 0.75x "
                    f"{'met' if ratio >= 0.75 else 'NOT met (see the breakdown)'}")
+        if sel.get("train_tokens_per_s_no_teacher"):
+            alone = sel["train_tokens_per_s_no_teacher"] / base
+            out.append(f"selmem without its train-time teacher at {alone:.2f}x local "
+                       f"({'at or above' if alone >= 0.75 else 'below'} the 0.75x target): the teacher's share "
+                       f"of a training step is {1 - ratio / alone:.0%}")
     ok = {r["tokens"]: r for r in stream_rows if r["model"] == "selmem" and "error" not in r}
     if 2**14 in ok and 2**20 in ok:
         a, b = ok[2**14], ok[2**20]
@@ -177,7 +187,9 @@ def bars(train_rows: list[dict[str, Any]], stream_rows: list[dict[str, Any]]) ->
 
 def plot(stream_rows: list[dict[str, Any]], path: Path) -> Path | None:
     """tokens/s and peak memory against streamed length, one line per model (None without
-    matplotlib, an optional extra)."""
+    matplotlib, an optional extra, or nothing streamed)."""
+    if not stream_rows:
+        return None
     try:
         import matplotlib
 

@@ -46,8 +46,8 @@ class Attention(nn.Module):
         come first; mask (T, S+T) bool, True = may attend. -> output (B, T, d), and the keys and
         values of past + segment (B, H, S+T, D), ready to serve as the next segment's cache."""
         B, T, d = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q, offset), rotary(k, offset)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        (q, k), v = rotary(qkv[:2], offset), qkv[2]  # one rotary call for both
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, S+T, D)
         scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)  # (B, H, T, S+T)

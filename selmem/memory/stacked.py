@@ -155,13 +155,14 @@ def _unstack(x: Any, L: int) -> list[Any]:
 def write_layers(parts: list[Parts], cfg: SelmemConfig, ys: list[Tensor], slots: Tensor, usage: Tensor,
                  age: Tensor, provenance: Tensor, pos: Tensor, reads: list[Tensor | None],
                  slot_decay: Tensor | None = None, valid: Tensor | None = None,
-                 batched: bool = True) -> list[Write]:
+                 batched: bool = True, stacked: Parts | None = None) -> list[Write]:
     """Every layer's write for one segment: ``write`` of layer.py per layer, or (``batched``) all
     layers in one call with the same numbers.
 
     ys [(B, T, d)] * L each layer's features, slots (L, B, M, d_mem), usage/age/provenance
     (L, B, M) the memory at the segment start, pos (B, T), reads [(B, T, S) or None] * L,
-    slot_decay (L, M) raw learned decay or None, valid (B, T) bool or None."""
+    slot_decay (L, M) raw learned decay or None, valid (B, T) bool or None, stacked
+    ``stack_parts(parts, B, device)`` if the caller keeps one (built here when None)."""
     L = len(parts)
     if not batched or L == 1:  # one layer: nothing to batch
         return [write(parts[l], cfg, ys[l], slots[l], usage[l], age[l], provenance[l], pos, reads[l],
@@ -169,7 +170,8 @@ def write_layers(parts: list[Parts], cfg: SelmemConfig, ys: list[Tensor], slots:
     B = ys[0].shape[0]
     fold = lambda x: x.flatten(0, 1)  # noqa: E731  (L, B, ...) -> (L*B, ...) layer-major
     read = None if reads[0] is None else fold(torch.stack(reads))
-    w = write(stack_parts(parts, B, ys[0].device), cfg, fold(torch.stack(ys)), fold(slots), fold(usage), fold(age),
+    stacked = stack_parts(parts, B, ys[0].device) if stacked is None else stacked
+    w = write(stacked, cfg, fold(torch.stack(ys)), fold(slots), fold(usage), fold(age),
               fold(provenance), pos.repeat(L, 1), read, None if slot_decay is None else _per_row(slot_decay, B),
               None if valid is None else valid.repeat(L, 1), layers=L)
     return _unstack(w, L)

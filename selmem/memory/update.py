@@ -69,7 +69,8 @@ def update(slots: Tensor, usage: Tensor, age: Tensor, provenance: Tensor, cand: 
         slots = slots * slot_decay[..., None]
     later, kept = suffix_keep(1.0 - a)
     contrib = a * later  # (B, C, M)
-    new_slots = kept[..., None] * slots + torch.einsum("bcm,bcd->bmd", contrib, cand)
+    # sum over candidates of contrib * cand as one bmm (einsum plans its contraction on every call)
+    new_slots = kept[..., None] * slots + contrib.transpose(1, 2) @ cand  # (B, M, d_mem)
     importance = contrib if gate is None else gate[..., None] * contrib
     new_usage = usage_decay * kept * usage + importance.sum(1) + read_mass
     new_age = (age + 1.0) * kept

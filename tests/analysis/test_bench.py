@@ -82,3 +82,38 @@ def test_breakdown_times_the_parts_of_either_write_path(writes):
     profile = _fresh(profile_step, exp.to_dict(), 2, 0, 1)
     for part in ("read (prefix)", "select", "compress", "address", "update", "cache transform"):
         assert profile[part] > 0, f"{part} was not timed with writes={writes}"
+
+
+def test_selmem_is_timed_with_and_without_its_teacher(tmp_path):
+    """The training row times the trainer's step, so selmem's includes head B's train-time teacher
+    (the probe); a second figure times the model alone, and the page states the teacher's share.
+    A model without a teacher gets no second figure, and neither does selmem with credit off."""
+    exp = ExperimentConfig.from_yaml(SMOKE)
+    exp = replace(exp, train=replace(exp.train, threads=1))
+    page = tmp_path / "BENCHMARKS.md"
+    rows, table = bench(exp, BenchConfig(models=["selmem", "local"], batch_size=2, warmup=0, repeats=1,
+                                         page=str(page), stream_models=[]))
+    selmem, local = rows
+    assert selmem["train_tokens_per_s_no_teacher"] > 0 and local["train_tokens_per_s_no_teacher"] is None
+    assert "| selmem without its teacher |" in table and "without its teacher" not in table.split("| local |")[1]
+    alone = selmem["train_tokens_per_s_no_teacher"] / local["train_tokens_per_s"]
+    assert f"selmem without its train-time teacher at {alone:.2f}x local" in page.read_text()
+    assert re.search(r"\| teacher \(head B's probe, forward\) \| [\d.]+ \| \d+% \|", page.read_text())
+    off = replace(exp, model=replace(exp.model, credit="none"))
+    assert bench(off, BenchConfig(models=["selmem"], batch_size=2, warmup=0, repeats=1))[0][0][
+        "train_tokens_per_s_no_teacher"] is None
+
+
+def test_the_benchmark_trains_on_the_task_batch():
+    """At the task's length the step eats the task's own training batch (its answers are what the
+    teacher sees); at another length random tokens, every position scored."""
+    from selmem.analysis.bench import training_batch
+
+    exp = ExperimentConfig.from_yaml(SMOKE).resolved()
+    batch = training_batch(exp, 3, exp.task.seq_len)
+    expected = exp.task.batch("train", 0, 3)
+    assert batch.tokens.equal(expected.tokens) and batch.loss_mask.equal(expected.loss_mask)
+    assert not batch.loss_mask.all()
+    other = training_batch(exp, 3, 20)
+    assert other.tokens.shape == (3, 20) and other.loss_mask.all()
+    assert other.targets[:, :-1].equal(other.tokens[:, 1:])
