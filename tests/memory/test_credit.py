@@ -166,7 +166,7 @@ def test_probe_target_sum_and_max_agree_where_each_token_serves_one_answer():
     torch.manual_seed(0)
     probe = RetrievalProbe(tiny_cfg(vocab_size=10))
     x = torch.randint(0, 10, (2, 12))
-    scores = [torch.zeros(2, 12)]
+    scores = [torch.randn(2, 12)]  # at 0 the BCE is log 2 whatever the target
     one = torch.zeros(2, 12, dtype=torch.bool)
     one[:, -1] = True
     bce = {r: probe_losses(probe, x, scores, 4, one, x, reduce=r)[1] for r in ("sum", "max")}
@@ -179,3 +179,9 @@ def test_probe_target_sum_and_max_agree_where_each_token_serves_one_answer():
         got = probe_losses(probe, x, scores, 4, every, x, reduce=reduce)[1]
         assert got == pytest.approx(F.binary_cross_entropy_with_logits(scores[0], target).item(), rel=1e-5)
     assert (summed >= want).all() and (summed > want + 0.1).any()
+    # auto (the default): max where more than half of the positions are answers, else sum
+    for mask, like in ((every, "max"), (one, "sum")):
+        auto = probe_losses(probe, x, scores, 4, mask, x)[1]
+        assert auto.item() == probe_losses(probe, x, scores, 4, mask, x, reduce=like)[1].item()
+    assert probe_losses(probe, x, scores, 4, every, x)[1].item() != pytest.approx(
+        probe_losses(probe, x, scores, 4, every, x, reduce="sum")[1].item())
