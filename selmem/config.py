@@ -23,6 +23,7 @@ Address = Literal["attention", "fifo", "random"]
 CacheTransform = Literal["transformer", "none"]
 Sparsity = Literal["target", "l1", "budget"]
 CreditGrad = Literal["trunk", "head"]
+ProbeTarget = Literal["auto", "sum", "max"]
 Credit = Literal["none", "read", "probe"]
 AddressWeights = Literal["softmax", "sparsemax", "top1"]
 NonFinite = Literal["stop", "skip"]
@@ -144,6 +145,15 @@ class SelmemConfig:
     into the layer's features too; 'head' = into head B's own weights only (its score is taken
     again on the detached features), so a teacher of what to keep cannot reshape what the blocks
     compute for the task. The task's gradient through the gates reaches the trunk either way."""
+    probe_target: ProbeTarget = "auto"
+    """How the probe's retrieval attention at the answers becomes head B's target per token:
+    'sum' = min(1, sum over answers) (a token retrieved by many answers, or a little by each of
+    many, is worth keeping); 'max' = the largest single answer's attention on it (a token some
+    answer retrieves sharply); 'auto' = 'max' in a batch where more than half of the positions are
+    answers (language modelling), else 'sum'. The two agree when each token serves one answer.
+    Where every position is an answer the diffuse attentions sum to "keep everything", which cost
+    code-lm 0.13 bits per byte; on recall 'max' starts near 0 everywhere and closed the gates
+    (docs/FINDINGS.md section 9)."""
     score_margin: float = 4.0
     """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
 

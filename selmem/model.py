@@ -237,7 +237,7 @@ class SelectiveMemoryTransformer(nn.Module):
                 raise ValueError("credit='probe' needs answer_targets (B, N), the targets at the answer positions")
             seg = segment_len or cfg.max_segment_len
             out.losses["probe"], c = credit.probe_losses(self.probe, tokens, out.scores, seg, answer_mask,
-                                                          answer_targets, answer_count)
+                                                          answer_targets, answer_count, cfg.probe_target)
             out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * out.losses["probe"]
         out.losses["credit"] = c
         out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c

@@ -36,6 +36,7 @@ def test_every_option_field_is_checked():
         "attention",
         "writes",
         "credit_grad",
+        "probe_target",
     }
 
 

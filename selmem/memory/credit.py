@@ -168,13 +168,19 @@ def answer_positions(mask: Tensor, count: int | None = None) -> tuple[Tensor, Te
 
 def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], segment_len: int,
                  answer_mask: Tensor, answer_targets: Tensor,
-                 count: int | None = None) -> tuple[Tensor, Tensor]:
+                 count: int | None = None, reduce: str = "auto") -> tuple[Tensor, Tensor]:
     """(probe cross-entropy at the answers, head-B BCE toward the probe's credit) for one batch.
     tokens (B, N); scores per layer (B, N); answer_mask (B, N) bool; answer_targets (B, N) long
-    (read where answer_mask); count: the number of answers if known (``answer_positions``)."""
+    (read where answer_mask); count: the number of answers if known (``answer_positions``);
+    reduce: the answers' attention on a token summed ('sum', clamped at 1), its largest ('max'),
+    or 'max' where more than half of the positions are answers, else 'sum' ('auto')."""
     logits, attn = probe(tokens, segment_len, answer_mask, count)  # (A, V), (A, N)
     row, pos = answer_positions(answer_mask, count)
     ce = F.cross_entropy(logits.float(), answer_targets[row, pos])
-    target = torch.zeros_like(scores[0], dtype=attn.dtype).index_add(0, row, attn.detach()).clamp(max=1.0)
+    if reduce == "auto":  # row is a host-sized tensor: its length costs no sync
+        reduce = "max" if 2 * row.shape[0] > answer_mask.numel() else "sum"
+    empty = torch.zeros_like(scores[0], dtype=attn.dtype)
+    target = (empty.index_add(0, row, attn.detach()).clamp(max=1.0) if reduce == "sum"
+              else empty.index_reduce(0, row, attn.detach(), "amax"))
     bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()
     return ce, bce

@@ -152,3 +152,36 @@ def test_credit_grad_head_keeps_the_teacher_out_of_the_trunk():
     assert grads["trunk"][0] is not None and grads["trunk"][0].abs().sum() > 0
     assert grads["head"][0] is None  # no path from the teacher into the blocks
     assert grads["head"][1].abs().sum() > 0  # head B still learns from it
+
+
+def test_probe_target_sum_and_max_agree_where_each_token_serves_one_answer():
+    """'sum' clamps the answers' summed attention at 1, 'max' takes the largest single answer's:
+    equal when each token is retrieved by at most one answer (one answer per row here), apart
+    where many answers share the tokens (every position an answer: language modelling)."""
+    import torch.nn.functional as F
+
+    from selmem.memory.credit import RetrievalProbe, probe_losses
+    from tests.helpers import tiny_cfg
+
+    torch.manual_seed(0)
+    probe = RetrievalProbe(tiny_cfg(vocab_size=10))
+    x = torch.randint(0, 10, (2, 12))
+    scores = [torch.randn(2, 12)]  # at 0 the BCE is log 2 whatever the target
+    one = torch.zeros(2, 12, dtype=torch.bool)
+    one[:, -1] = True
+    bce = {r: probe_losses(probe, x, scores, 4, one, x, reduce=r)[1] for r in ("sum", "max")}
+    assert bce["sum"] == pytest.approx(bce["max"].item())
+    every = torch.ones(2, 12, dtype=torch.bool)
+    _, attn = probe(x, 4, every)
+    want = attn.view(2, 12, 12).amax(1)  # (B, N): each token's largest attention from any answer
+    summed = attn.view(2, 12, 12).sum(1).clamp(max=1)
+    for reduce, target in (("max", want), ("sum", summed)):
+        got = probe_losses(probe, x, scores, 4, every, x, reduce=reduce)[1]
+        assert got == pytest.approx(F.binary_cross_entropy_with_logits(scores[0], target).item(), rel=1e-5)
+    assert (summed >= want).all() and (summed > want + 0.1).any()
+    # auto (the default): max where more than half of the positions are answers, else sum
+    for mask, like in ((every, "max"), (one, "sum")):
+        auto = probe_losses(probe, x, scores, 4, mask, x)[1]
+        assert auto.item() == probe_losses(probe, x, scores, 4, mask, x, reduce=like)[1].item()
+    assert probe_losses(probe, x, scores, 4, every, x)[1].item() != pytest.approx(
+        probe_losses(probe, x, scores, 4, every, x, reduce="sum")[1].item())
