@@ -181,6 +181,6 @@ def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], se
         reduce = "max" if 2 * row.shape[0] > answer_mask.numel() else "sum"
     empty = torch.zeros_like(scores[0], dtype=attn.dtype)
     target = (empty.index_add(0, row, attn.detach()).clamp(max=1.0) if reduce == "sum"
-              else empty.index_reduce(0, row, attn.detach(), "amax"))
+              else empty.scatter_reduce(0, row[:, None].expand_as(attn), attn.detach(), "amax"))
     bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()
     return ce, bce
