@@ -177,8 +177,7 @@ def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]],
         Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
         Path(bc.out).write_text(table + "\n")
     lengths = bc.stream_lengths or (STREAM_LENGTHS if bc.page else [])
-    stream_rows = [_fresh(scale.stream_one, name, exp.to_dict(), n, bc.stream_budget_s)
-                   for name in bc.stream_models for n in lengths]
+    stream_rows = [row for name in bc.stream_models for row in stream(name, exp, lengths, bc.stream_budget_s)]
     if stream_rows:
         table += "\n\n" + "\n".join(f"streamed {r['tokens']:,} tokens with {r['model']}: " +
                                      (r["error"] if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s, "
@@ -197,6 +196,18 @@ def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]],
 
 #: the streaming lengths of the record (the issue's 1K / 16K / 256K / 1M tokens)
 STREAM_LENGTHS = [2**10, 2**14, 2**18, 2**20]
+
+
+def stream(name: str, exp: ExperimentConfig, lengths: list[int], budget_s: float) -> list[dict[str, Any]]:
+    """One streaming row per length (shortest first); once a length runs out of the budget or of
+    memory, the longer ones are not tried (full attention's cost only grows) and say so."""
+    rows: list[dict[str, Any]] = []
+    for n in sorted(lengths):
+        failed = next((r for r in rows if "error" in r), None)
+        rows.append({"model": name, "tokens": n,
+                     "error": f"not tried: {failed['tokens']:,} tokens gave '{failed['error']}'"}
+                    if failed else _fresh(scale.stream_one, name, exp.to_dict(), n, budget_s))
+    return rows
 
 
 def _fresh(fn, *args: Any) -> Any:

@@ -117,3 +117,17 @@ def test_the_benchmark_trains_on_the_task_batch():
     other = training_batch(exp, 3, 20)
     assert other.tokens.shape == (3, 20) and other.loss_mask.all()
     assert other.targets[:, :-1].equal(other.tokens[:, 1:])
+
+
+def test_a_stream_over_budget_stops_that_model_at_that_length():
+    """A (model, length) over the budget says so, and the longer lengths are not tried (they
+    would only cost more); the other models still stream."""
+    from selmem.analysis.bench import stream
+
+    exp = replace(ExperimentConfig.from_yaml(SMOKE), train=replace(ExperimentConfig.from_yaml(SMOKE).train, threads=1))
+    rows = stream("full", exp.resolved(), [64, 16, 256], budget_s=1e-9)
+    assert [r["tokens"] for r in rows] == [16, 64, 256]
+    assert rows[0]["error"].startswith("over 0 s (at ")
+    assert rows[1]["error"] == rows[2]["error"] == f"not tried: 16 tokens gave '{rows[0]['error']}'"
+    ok = stream("selmem", exp.resolved(), [16], budget_s=0)
+    assert "error" not in ok[0] and ok[0]["tokens_per_s"] > 0
