@@ -167,7 +167,9 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name, floats in dict.fromkeys(zip(label, (r["state_floats"] for r in results), strict=True)):
         runs = [r for r, n in zip(results, label, strict=True) if n == name and r["state_floats"] == floats]
         row: dict[str, Any] = {"model": name, "seeds": len(runs), "metric": headline_metric(runs[0])}
-        for key in ["accuracy", "bits_per_token"] + [k for k in ("exact_match", "mae", "r2") if k in runs[0]["test"]]:
+        # results written before a metric existed lack it (a folder extended later mixes both)
+        optional = [k for k in ("exact_match", "mae", "r2") if all(k in r["test"] for r in runs)]
+        for key in ["accuracy", "bits_per_token"] + optional:
             values = [r["test"][key] for r in runs]
             std_key = "bits_std" if key == "bits_per_token" else f"{key}_std"
             row.update({key: statistics.mean(values), std_key: statistics.pstdev(values)})
@@ -211,7 +213,7 @@ def write_report(out_dir: Path, results: list[dict[str, Any]], base: ExperimentC
     table = markdown_table(rows)
     (out_dir / "results.json").write_text(json.dumps({"rows": rows, "runs": results}, indent=1))
     with (out_dir / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         writer.writeheader()
         writer.writerows(rows)
     (out_dir / "results.md").write_text(

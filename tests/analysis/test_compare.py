@@ -187,3 +187,31 @@ def test_extend_adds_seeds_and_reads_finished_runs_back(tmp_path, keep_threads, 
         compare(other, CompareConfig(models=["local"], workers=1, name="c", extend=True))
     with pytest.raises(FileNotFoundError, match="needs an existing --compare.name folder"):
         compare(base, CompareConfig(models=["local"], workers=1, name="nothing-here", extend=True))
+
+
+def test_a_folder_mixing_old_and_new_results_still_writes_its_report(tmp_path):
+    """An extended folder holds runs written before exact_match existed next to runs that have it:
+    the summary keeps the metrics every run of a model has, and the CSV takes every row's columns."""
+    import csv
+    import json
+
+    from selmem.analysis.compare import summarise, write_report
+    from selmem.experiment import ExperimentConfig
+
+    def run(arch, seed, test):
+        return {"arch": arch, "seed": seed, "run_dir": str(tmp_path / f"{arch}-s{seed}"), "task": "mqar",
+                "state_floats": 8, "params": 10, "steps": 4, "train_tokens_per_s": 1.0,
+                "peak_mem_mb": 1.0, "wall_s": 1.0, "chance": None,
+                "test": {"accuracy": 0.5, "bits_per_token": 2.0, **test}}
+
+    results = [run("local", 0, {}), run("selmem", 0, {"exact_match": 0.3}), run("selmem", 1, {})]
+    rows = summarise(results)
+    assert all("exact_match" not in r for r in rows)
+    results[2]["test"]["exact_match"] = 0.5
+    rows = summarise(results)
+    assert rows[1]["exact_match"] == 0.4 and "exact_match" not in rows[0]
+    write_report(tmp_path, results, ExperimentConfig())
+    with (tmp_path / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert table[0]["exact_match"] == "" and float(table[1]["exact_match"]) == 0.4
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
