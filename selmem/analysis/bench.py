@@ -95,13 +95,25 @@ def training_batch(exp: ExperimentConfig, batch_size: int, seq_len: int):
     return Batch(x[:, :-1], x[:, 1:], torch.ones(batch_size, seq_len, dtype=torch.bool))
 
 
+def step_loss(model: Any, host: Any, batch: Any, segment_len: int, teacher: bool = True) -> Any:
+    """The loss a trainer's step (Trainer._step) backpropagates, minus its fault checks: the task
+    loss plus the auxiliary ones, selmem's teacher included unless ``teacher`` is False. host:
+    the batch on the host (its checks read values there), batch: the same on the device."""
+    from selmem.train.loop import forward_kwargs, host_checks, reset_kwargs, task_loss
+
+    n = host_checks(model, host)
+    kwargs = forward_kwargs(model, batch, n) if teacher else reset_kwargs(model, batch)
+    out = model.forward_sequence(batch.tokens, segment_len, **kwargs)
+    return task_loss(out.logits, batch, n)[0] + out.losses["aux"]
+
+
 def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> dict[str, Any]:
     """Worker: build model ``name`` from the experiment and time it."""
     import torch
 
     from selmem.analysis.compare import matched_config
     from selmem.baselines import build_model, params, state_size
-    from selmem.train.loop import forward_kwargs, host_checks, reset_kwargs, resolve_device, task_loss
+    from selmem.train.loop import forward_kwargs, resolve_device
 
     exp, bc = ExperimentConfig.from_dict(exp_dict), BenchConfig(**bc_dict)
     if exp.train.threads > 0:
@@ -122,13 +134,10 @@ def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> d
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def train_step(teacher: bool = True) -> None:  # the trainer's step (Trainer._step) minus its checks
-        n = host_checks(model, host)
-        kwargs = forward_kwargs(model, batch, n) if teacher else reset_kwargs(model, batch)
-        out = model.forward_sequence(batch.tokens, seg, **kwargs)
-        loss, _, _ = task_loss(out.logits, batch, n)
+    def train_step(teacher: bool = True) -> None:
+        loss = step_loss(model, host, batch, seg, teacher)
         opt.zero_grad(set_to_none=True)
-        (loss + out.losses["aux"]).backward()
+        loss.backward()
         opt.step()
 
     def infer_step() -> None:

@@ -82,9 +82,9 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
 
     import selmem.memory.layer as layer_mod
     import selmem.memory.stacked as stacked
-    from selmem.analysis.bench import training_batch
+    from selmem.analysis.bench import step_loss, training_batch
     from selmem.model import SelectiveMemoryTransformer
-    from selmem.train.loop import forward_kwargs, host_checks, resolve_device, task_loss
+    from selmem.train.loop import resolve_device
 
     exp = ExperimentConfig.from_dict(exp_dict)
     if exp.train.threads > 0:
@@ -124,9 +124,7 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
         spent.clear()
         sync()
         t0 = time.perf_counter()
-        n = host_checks(model, host)
-        out = model.forward_sequence(batch.tokens, seg, **forward_kwargs(model, batch, n))
-        loss = task_loss(out.logits, batch, n)[0] + out.losses["aux"]
+        loss = step_loss(model, host, batch, seg)
         sync()
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
