@@ -193,13 +193,14 @@ def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]],
                                       f"peak {r['peak_mem_mb']:.0f} MB") for r in stream_rows)
     if bc.page:
         profile = _fresh(scale.profile_step, exp.to_dict(), bc.batch_size, bc.seq_len, bc.repeats)
+        ops = _fresh(scale.count_ops, exp.to_dict(), bc.models, bc.batch_size, bc.seq_len)
         page = Path(bc.page)
         png = scale.plot(stream_rows, page.parent / "img" / "benchmarks.png")
         command = "selmem bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "selmem bench"
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(scale.page(command, markdown_table(rows), stream_rows, profile, rows,
                                    scale.machine(rows[0]["device"] if rows else "cpu"),
-                                   str(png.relative_to(page.parent)) if png else None))
+                                   str(png.relative_to(page.parent)) if png else None, ops))
     return rows, table
 
 

@@ -62,6 +62,8 @@ def test_bench_page_is_generated_from_its_rows(tmp_path):
         assert re.search(rf"\| selmem \| {n} \| [\d,]+ \| \d+ \|", text), f"no streaming row for {n} tokens"
     for part in PARTS:
         assert re.search(rf"\| {re.escape(part)} \| [\d.]+ \| \d+% \|", text), f"no breakdown row for {part}"
+    assert re.search(r"\| local \| [\d,]+ \| [\d,]+ \| 1\.00 \| 1\.00 \|", text), "no operator row for local"
+    assert re.search(r"\| selmem without its teacher \| [\d,]+ \| [\d,]+ \| \d+\.\d\d \| \d+\.\d\d \|", text)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -131,3 +133,19 @@ def test_a_stream_over_budget_stops_that_model_at_that_length():
     assert rows[1]["error"] == rows[2]["error"] == f"not tried: 16 tokens gave '{rows[0]['error']}'"
     ok = stream("selmem", exp.resolved(), [16], budget_s=0)
     assert "error" not in ok[0] and ok[0]["tokens_per_s"] > 0
+
+
+def test_operator_counts_are_exact_and_see_the_teacher():
+    """count_ops counts what a step dispatches: the same on a second call (no timing in it), more
+    for selmem than for local (the memory's parts), and more with the teacher than without (the
+    probe's forward and backward); backward dispatches operators of its own."""
+    from selmem.analysis.bench_scale import count_ops
+
+    exp = ExperimentConfig.from_yaml(SMOKE).resolved()
+    rows = {r["model"]: r for r in count_ops(exp.to_dict(), ["selmem", "local"], 2, 0)}
+    again = {r["model"]: r for r in count_ops(exp.to_dict(), ["selmem", "local"], 2, 0)}
+    assert rows == again
+    total = {k: r["forward"] + r["backward"] for k, r in rows.items()}
+    assert set(total) == {"selmem", "selmem without its teacher", "local"}
+    assert total["selmem"] > total["selmem without its teacher"] > total["local"] > 0
+    assert all(r["backward"] > 0 for r in rows.values())
