@@ -27,7 +27,7 @@ commands:
   length    accuracy against evaluated length   selmem length runs/compare-NAME
   bench     speed and memory of every model    selmem bench --config configs/cpu.yaml
   report    comparisons -> docs/RESULTS.md      selmem report runs/compare-NAME
-  tasks     list tasks and their parameters    selmem tasks
+  tasks     list tasks and their parameters    selmem tasks [--config configs/cpu/babi.yaml]
   generate  sample from a trained run          selmem generate runs/NAME --prompt "def "
   export    a run -> Hugging Face folder       selmem export runs/NAME runs/NAME-hf
 
@@ -243,10 +243,34 @@ def cmd_report(args: list[str]) -> int:
     return 0
 
 
-def cmd_tasks(args: list[str]) -> int:
-    from selmem.tasks import describe_tasks
+@dataclass
+class TasksArgs:
+    """List the tasks and their parameters; with --config, check one preset for shortcuts."""
 
-    print(describe_tasks())
+    config: str = ""
+    """A preset (configs/cpu/babi.yaml): print how far a lookup table finds its relevant tokens
+    and how many answers have their source inside their own segment (what needs no memory)."""
+    batches: int = 16
+    """Test batches (of 32 rows) the checks read."""
+
+
+def cmd_tasks(args: list[str]) -> int:
+    from selmem.experiment import ExperimentConfig
+    from selmem.tasks import describe_tasks
+    from selmem.tasks.shortcuts import report
+
+    a = tyro.cli(TasksArgs, args=args, prog="selmem tasks")
+    if not a.config:
+        print(describe_tasks())
+        return 0
+    if a.batches < 1:
+        raise ValueError(f"--batches must be >= 1, got {a.batches}")
+    exp = ExperimentConfig.from_yaml(a.config).resolved()
+    seg = exp.segment_len()
+    chance = f", chance {exp.task.chance:.1%}" if exp.task.chance is not None else ""
+    print(f"{exp.task.name} ({a.config}), segments of {seg}{chance}:")
+    for name, value in report(exp.task, seg, a.batches).items():
+        print(f"  {name}: {value:.3f}")
     return 0
 
 

@@ -97,6 +97,15 @@ def test_tasks_lists_every_task(capsys):
     assert listed == list(TASKS)
 
 
+def test_tasks_checks_a_preset_for_what_needs_no_memory(capsys):
+    """`selmem tasks --config` prints the shortcut checks of the preset's task (smoke: mqar, whose
+    pairs sit in the first segment and queries in the last, so no answer's source is in its segment)."""
+    assert main(["tasks", "--config", SMOKE]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mqar (") and "shortcut F1 (id-segment): " in out
+    assert "answers whose source ends in their own segment: 0.000" in out
+
+
 @pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]], ids=["bare", "--help", "-h"])
 def test_usage_lists_the_commands(argv, capsys):
     assert main(argv) == 0

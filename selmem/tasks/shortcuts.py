@@ -95,3 +95,42 @@ def shortcut_f1(task: Task, rule: Rule, segment_len: int | None = None, batches:
     seen = uniq[idx] == k_test
     test_rate = np.where(seen, rate[idx], 0.0)
     return best_threshold_f1(test_rate, r_test)
+
+
+def in_segment_share(task: Task, segment_len: int, batches: int = 16, batch_size: int = 32) -> float:
+    """Share of the test split's scored positions whose ``source`` span (what the answer needs)
+    ends inside the answer's own segment, so a model without memory (``local``) sees at least the
+    end of it. 0 means every answer needs the memory; a task's score for ``local`` above chance
+    comes from this share and from priors. Positions without a source are not counted.
+
+    >>> from selmem.tasks import MQARTask
+    >>> in_segment_share(MQARTask(num_pairs=2, num_keys=4, num_values=4, segment_len=8, num_segments=2), 8)
+    0.0
+    """
+    if segment_len < 1:
+        raise ValueError(f"segment_len must be >= 1, got {segment_len}")
+    hit = total = 0
+    for i in range(batches):
+        b = task.batch("test", i, batch_size)
+        if b.source is None:
+            raise ValueError(f"task {task.name!r} has no source spans, so no in-segment share can be scored")
+        end = b.source[..., 1].numpy()  # (B, N) exclusive end, -1 = no source
+        pos = np.broadcast_to(np.arange(end.shape[1]), end.shape)
+        scored = b.loss_mask.numpy() & (end > 0)
+        hit += int((scored & ((end - 1) // segment_len == pos // segment_len)).sum())
+        total += int(scored.sum())
+    return hit / total if total else 0.0
+
+
+def report(task: Task, segment_len: int, batches: int = 16, batch_size: int = 32) -> dict[str, float]:
+    """Every check of this module for one task at one segment length: the best lookup-table F1
+    per rule (where the task has a relevant mask) and the in-segment share (where it has sources)."""
+    out: dict[str, float] = {}
+    probe = task.batch("test", 0, 1)
+    if probe.relevant is not None:
+        out.update({f"shortcut F1 ({rule})": shortcut_f1(task, rule, segment_len, batches, batch_size)
+                    for rule in RULES})
+    if probe.source is not None:
+        out["answers whose source ends in their own segment"] = in_segment_share(task, segment_len, batches,
+                                                                                 batch_size)
+    return out

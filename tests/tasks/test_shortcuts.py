@@ -94,3 +94,45 @@ def test_a_task_without_relevant_mask_is_refused():
 
 def test_doctests():
     assert doctest.testmod(shortcuts, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+@dataclass
+class Lookback(Task):
+    """32 tokens, answers at positions 16..19, each with a 2-token source ending ``back``
+    positions before it; position 20 is scored without a source."""
+
+    name: ClassVar[str] = "lookback"
+    back: int = 2
+    seed: int = 0
+
+    vocab_size = 9
+    seq_len = 32
+
+    def batch(self, split: str, index: int, batch_size: int) -> Batch:
+        tokens = self.rng(split, index).integers(1, 9, size=(batch_size, 32))
+        scored = np.zeros_like(tokens, dtype=bool)
+        scored[:, 16:21] = True
+        source = np.full((batch_size, 32, 2), -1)
+        for p in range(16, 20):
+            source[:, p] = (p - self.back - 1, p - self.back + 1)
+        return make_batch(tokens, tokens, scored, source=source)
+
+
+@pytest.mark.parametrize(("back", "share"), [(0, 1.0), (2, 0.5), (16, 0.0)])
+def test_in_segment_share_counts_sources_that_end_in_the_answers_segment(back, share):
+    """The source [p-back-1, p-back+1) has its last token at p-back: inside p's segment of 8
+    (16..23) for every answer at back 0, for answers 18 and 19 at back 2 (16 and 17 end in
+    segment 1), never at back 16; the scored position without a source is not counted."""
+    assert shortcuts.in_segment_share(Lookback(back=back), 8, batches=2, batch_size=3) == share
+
+
+def test_the_report_names_each_check_a_task_supports():
+    """A task with sources but no relevant mask gets the in-segment share only; mqar gets all."""
+    assert list(shortcuts.report(Lookback(), 8, batches=1, batch_size=2)) == [
+        "answers whose source ends in their own segment"]
+    mqar = shortcuts.report(MQARTask(num_pairs=2, num_keys=4, num_values=4, segment_len=8, num_segments=2), 8,
+                            batches=2, batch_size=4)
+    assert mqar == {"shortcut F1 (id-segment)": 1.0, "shortcut F1 (position)": mqar["shortcut F1 (position)"],
+                    "answers whose source ends in their own segment": 0.0}
+    with pytest.raises(ValueError, match="segment_len must be >= 1"):
+        shortcuts.in_segment_share(Lookback(), 0)
