@@ -12,22 +12,25 @@ text:
 
 Ids are raw UTF-8 bytes (filler is printable ASCII), ``0`` PAD, ``256`` ANSWER;
 ``vocab_size = 257``. A row is left-padded to the fixed ``seq_len`` (an upper bound for the
-parameters, so the question is never cut) and ends ``... Where is Mary?`` ANSWER ``k i t c h e``:
+parameters, so the question is never cut) and reads ``... Where is Mary?`` ANSWER ``k i t c h e``:
 the answer word is teacher forced and every answer byte is scored (at ANSWER the target is the
-first byte, at each answer byte the next one; the row ends on the last-but-one byte).
+first byte, at each answer byte the next one, up to the last-but-one byte). ANSWER is always at
+``seq_len - 8`` (8 = the longest place name), a shorter answer is followed by PAD: a row that ended
+on its answer would tell the answer's length by where ANSWER sits.
 ``relevant`` marks the bytes of the supporting facts (the asked person's latest move, and for
 ``two`` the pick-up); ``source`` at every scored position spans the latest-move sentence, the
 fact whose bytes hold the answer.
 
 Worked example, ``BabiTask(haystack_tokens=120, num_facts=3)``, train batch 0, seed 0
-on Python 3.11 (seq_len 252; byte offsets, 0-77 PAD, single spaces between sentences)::
+on Python 3.11 (seq_len 252; byte offsets, 0-76 PAD, single spaces between sentences)::
 
-    78..169   If input token contains ASCII non-printables, register a defect. John moved to
+    77..168   If input token contains ASCII non-printables, register a defect. John moved to
               the bathroom.
-    171..200  John went back to the bedroom.          <- relevant; source of every answer byte
-    202..244  Sandra grabbed the football. Where is John?
-    245       ANSWER                                   scored, target "b"
-    246..251  b e d r o o                              scored, targets "e d r o o m"
+    170..199  John went back to the bedroom.          <- relevant; source of every answer byte
+    201..243  Sandra grabbed the football. Where is John?
+    244       ANSWER (at seq_len - 8 in every row)     scored, target "b"
+    245..250  b e d r o o                              scored, targets "e d r o o m"
+    251       PAD (a 7-byte answer leaves one)
 
 Shortcuts: none to remove, so this task has no hard-layout options. Which facts are relevant
 depends on the question at the end (which person, which object), every fact uses the same words,
@@ -213,9 +216,13 @@ class BabiTask(Task):
             text = " ".join(s for s, _ in pieces) + " " + story.question
             answer = story.answer.encode()
             row = list(text.encode()) + [ANSWER] + list(answer[:-1])
-            start = N - len(row)  # left padding
-            tokens[b, start:] = row
-            scored = np.arange(N - len(answer), N)  # ANSWER and the answer bytes but the last
+            # ANSWER sits at the same position in every row, whatever the answer: were the row
+            # to end at N, ANSWER's position would give the answer's length away (a 'bathroom'
+            # is the only 8-byte place), and every model can read a position
+            at = N - MAX_ANSWER
+            start = at - len(text.encode())  # left padding before, PAD after a short answer
+            tokens[b, start : start + len(row)] = row
+            scored = np.arange(at, at + len(answer))  # ANSWER and the answer bytes but the last
             targets[b, scored] = list(answer)
             loss_mask[b, scored] = True
             offset = start
