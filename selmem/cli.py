@@ -269,8 +269,11 @@ def cmd_tasks(args: list[str]) -> int:
     seg = exp.segment_len()
     chance = f", chance {exp.task.chance:.1%}" if exp.task.chance is not None else ""
     print(f"{exp.task.name} ({a.config}), segments of {seg}{chance}:")
-    for name, value in report(exp.task, seg, a.batches).items():
+    checks = report(exp.task, seg, a.batches)
+    for name, value in checks.items():
         print(f"  {name}: {value:.3f}")
+    if not checks:
+        print("  nothing to check: the task marks no relevant tokens and no answer sources")
     return 0
 
 
