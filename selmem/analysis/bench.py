@@ -34,8 +34,8 @@ class BenchConfig:
 
     models: list[str] = field(default_factory=lambda: ["selmem", "local", "full", "txl", "rmt", "armt", "lstm"])
     """Registered model names."""
-    batch_size: int = 8
-    """Sequences per step."""
+    batch_size: int = 0
+    """Sequences per step; 0 = the experiment's train.batch_size (what its trainer steps on)."""
     seq_len: int = 0
     """Tokens per sequence, streamed in the task's segments; 0 = the task's sequence length."""
     warmup: int = 2
@@ -168,9 +168,11 @@ def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]],
     unknown = [m for m in bc.models if m not in STATE_KNOB]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; known: {sorted(STATE_KNOB)}")
-    for name in ("batch_size", "repeats"):
-        if getattr(bc, name) < 1:
-            raise ValueError(f"--bench.{name.replace('_', '-')} must be >= 1, got {getattr(bc, name)}")
+    if bc.repeats < 1:
+        raise ValueError(f"--bench.repeats must be >= 1, got {bc.repeats}")
+    if bc.batch_size < 0:
+        raise ValueError(f"--bench.batch-size must be >= 1 (or 0 for train.batch-size), got {bc.batch_size}")
+    bc = replace(bc, batch_size=bc.batch_size or exp.train.batch_size)
     if bc.warmup < 0 or bc.seq_len < 0:
         raise ValueError("--bench.warmup and --bench.seq-len must be >= 0")
     unknown = [m for m in bc.stream_models if m not in STATE_KNOB]

@@ -34,6 +34,7 @@ def test_bench_times_every_model_and_writes_the_table(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--bench.models", "selmem", "gpt"], "unknown model(s) ['gpt']"),
     (["--bench.repeats", "0"], "--bench.repeats must be >= 1"),
+    (["--bench.batch-size", "-1"], "--bench.batch-size must be >= 1 (or 0 for train.batch-size)"),
 ])
 def test_bad_bench_arguments_are_named(args, message, capsys):
     assert main(["bench", "--config", str(SMOKE), *args]) == 2
@@ -149,3 +150,11 @@ def test_operator_counts_are_exact_and_see_the_teacher():
     assert set(total) == {"selmem", "selmem without its teacher", "local"}
     assert total["selmem"] > total["selmem without its teacher"] > total["local"] > 0
     assert all(r["backward"] > 0 for r in rows.values())
+
+
+def test_the_default_batch_is_the_trainers():
+    """--bench.batch-size 0 (the default) times the step the preset's trainer takes: its batch."""
+    exp = ExperimentConfig.from_yaml(SMOKE)
+    exp = replace(exp, train=replace(exp.train, threads=1, batch_size=3))
+    rows, table = bench(exp, BenchConfig(models=["local"], warmup=0, repeats=1))
+    assert rows[0]["batch_size"] == 3 and "batch 3 x " in table
