@@ -103,7 +103,7 @@ def test_tasks_checks_a_preset_for_what_needs_no_memory(capsys):
     assert main(["tasks", "--config", SMOKE]) == 0
     out = capsys.readouterr().out
     assert out.startswith("mqar (") and "shortcut F1 (id-segment): " in out
-    assert "answers whose source ends in their own segment: 0.000" in out
+    assert "scored positions whose source ends in their own segment: 0.000" in out
 
 
 @pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]], ids=["bare", "--help", "-h"])
@@ -204,6 +204,7 @@ def test_train_errors_exit_2_before_training(tmp_path, capsys, yaml_edit, argv, 
             id="compare-unknown-model",
         ),
         pytest.param(["fit"], r"unknown command 'fit'", id="unknown-command"),
+        pytest.param(["tasks", "--config", SMOKE, "--batches", "0"], r"--batches must be >= 1", id="tasks-batches"),
     ],
 )
 def test_other_errors_exit_2(tmp_path, monkeypatch, capsys, argv, match):

@@ -101,7 +101,8 @@ def in_segment_share(task: Task, segment_len: int, batches: int = 16, batch_size
     """Share of the test split's scored positions whose ``source`` span (what the answer needs)
     ends inside the answer's own segment, so a model without memory (``local``) sees at least the
     end of it. 0 means every answer needs the memory; a task's score for ``local`` above chance
-    comes from this share and from priors. Positions without a source are not counted.
+    comes from this share and from priors. Positions without a source are not counted (NaN when
+    none has one); an answer of several scored positions counts once per position.
 
     >>> from selmem.tasks import MQARTask
     >>> in_segment_share(MQARTask(num_pairs=2, num_keys=4, num_values=4, segment_len=8, num_segments=2), 8)
@@ -119,7 +120,7 @@ def in_segment_share(task: Task, segment_len: int, batches: int = 16, batch_size
         scored = b.loss_mask.numpy() & (end > 0)
         hit += int((scored & ((end - 1) // segment_len == pos // segment_len)).sum())
         total += int(scored.sum())
-    return hit / total if total else 0.0
+    return hit / total if total else float("nan")  # nothing scored has a source: no claim either way
 
 
 def report(task: Task, segment_len: int, batches: int = 16, batch_size: int = 32) -> dict[str, float]:
@@ -131,6 +132,6 @@ def report(task: Task, segment_len: int, batches: int = 16, batch_size: int = 32
         out.update({f"shortcut F1 ({rule})": shortcut_f1(task, rule, segment_len, batches, batch_size)
                     for rule in RULES})
     if probe.source is not None:
-        out["answers whose source ends in their own segment"] = in_segment_share(task, segment_len, batches,
+        out["scored positions whose source ends in their own segment"] = in_segment_share(task, segment_len, batches,
                                                                                  batch_size)
     return out

@@ -129,10 +129,10 @@ def test_in_segment_share_counts_sources_that_end_in_the_answers_segment(back, s
 def test_the_report_names_each_check_a_task_supports():
     """A task with sources but no relevant mask gets the in-segment share only; mqar gets all."""
     assert list(shortcuts.report(Lookback(), 8, batches=1, batch_size=2)) == [
-        "answers whose source ends in their own segment"]
+        "scored positions whose source ends in their own segment"]
     mqar = shortcuts.report(MQARTask(num_pairs=2, num_keys=4, num_values=4, segment_len=8, num_segments=2), 8,
                             batches=2, batch_size=4)
     assert mqar == {"shortcut F1 (id-segment)": 1.0, "shortcut F1 (position)": mqar["shortcut F1 (position)"],
-                    "answers whose source ends in their own segment": 0.0}
+                    "scored positions whose source ends in their own segment": 0.0}
     with pytest.raises(ValueError, match="segment_len must be >= 1"):
         shortcuts.in_segment_share(Lookback(), 0)
