@@ -275,8 +275,10 @@ def page(command: str, table: str, stream_rows: list[dict[str, Any]], profile: d
         lines += ["", "## Operators per training step", "",
                   "aten operators dispatched by one training step (forward with the losses, then backward), "
                   "counted by `count_ops` in selmem/analysis/bench_scale.py; the count is exact and does not "
-                  "depend on the machine's load. At this size each operator touches a few thousand floats, "
-                  "so a step costs about its count times the per-operator overhead of eager PyTorch.", "",
+                  "depend on the machine's load. At this size most operators touch a few thousand floats and "
+                  "cost their eager dispatch more than their arithmetic; the measured time beside the count "
+                  "shows where operators are large instead (lstm's, the teacher's attention over the whole "
+                  "window).", "",
                   "| model | forward | backward | step x local | step time x local |", "|---|---|---|---|---|"]
         for r in ops:
             n = f"{(r['forward'] + r['backward']) / base:.2f}" if base else "-"
