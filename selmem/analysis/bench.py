@@ -233,9 +233,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | params | state floats | train tok/s | train x local | stream tok/s | peak MB |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        alone = r.get("train_tokens_per_s_no_teacher")
-        for name, speed in ((r["model"], r["train_tokens_per_s"]),) + (((f"{r['model']} without its teacher", alone),)
-                                                                      if alone else ()):
+        for name, speed in scale.train_speeds([r]).items():
             ratio = f"{speed / local:.2f}" if local else "-"
             lines.append(f"| {name} | {r['params']:,} | {r['state_floats']:,} | {speed:,.0f} | "
                          f"{ratio} | {r['infer_tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} |")

@@ -175,9 +175,24 @@ def count_ops(exp_dict: dict[str, Any], models: list[str], batch_size: int, seq_
                 loss = step_loss(model, host, host, exp.segment_len(), teacher)
             with Count() as bwd:
                 loss.backward()
-            rows.append({"model": name if teacher else f"{name} without its teacher",
+            rows.append({"model": name if teacher else untaught(name),
                          "forward": fwd.n, "backward": bwd.n})
     return rows
+
+
+def untaught(name: str) -> str:
+    """The row name of a model timed or counted without its train-time teacher."""
+    return f"{name} without its teacher"
+
+
+def train_speeds(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Training tokens/s by row name: each model, and selmem once more without its teacher."""
+    out = {}
+    for r in rows:
+        out[r["model"]] = r["train_tokens_per_s"]
+        if r.get("train_tokens_per_s_no_teacher"):
+            out[untaught(r["model"])] = r["train_tokens_per_s_no_teacher"]
+    return out
 
 
 def machine(device: str) -> dict[str, Any]:
@@ -269,9 +284,7 @@ def page(command: str, table: str, stream_rows: list[dict[str, Any]], profile: d
         lines += ["", f"![streaming tokens/s and peak memory]({png})"]
     if ops:
         base = next((r["forward"] + r["backward"] for r in ops if r["model"] == "local"), None)
-        speed = {r["model"]: r["train_tokens_per_s"] for r in train_rows}
-        speed.update({f"{r['model']} without its teacher": r["train_tokens_per_s_no_teacher"]
-                      for r in train_rows if r.get("train_tokens_per_s_no_teacher")})
+        speed = train_speeds(train_rows)
         lines += ["", "## Operators per training step", "",
                   "aten operators dispatched by one training step (forward with the losses, then backward), "
                   "counted by `count_ops` in selmem/analysis/bench_scale.py; the count is exact and does not "

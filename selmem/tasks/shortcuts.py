@@ -132,6 +132,6 @@ def report(task: Task, segment_len: int, batches: int = 16, batch_size: int = 32
         out.update({f"shortcut F1 ({rule})": shortcut_f1(task, rule, segment_len, batches, batch_size)
                     for rule in RULES})
     if probe.source is not None:
-        out["scored positions whose source ends in their own segment"] = in_segment_share(task, segment_len, batches,
-                                                                                 batch_size)
+        share = in_segment_share(task, segment_len, batches, batch_size)
+        out["scored positions whose source ends in their own segment"] = share
     return out
