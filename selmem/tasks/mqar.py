@@ -60,6 +60,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
+from selmem.tasks import zoology
 from selmem.tasks.base import Batch, Task
 from selmem.tasks.common import (
     check_batch_args,
@@ -110,6 +111,22 @@ class MQARTask(Task):
     context_segments: int = 1
     """Segments the pairs are spread over (pair i goes to segment i mod context_segments);
     must leave the last segment for the queries."""
+    layout: Literal["segments", "stream"] = "segments"
+    """'segments': the layout above (pairs in the context segments, queries in the last one);
+    'stream': Zoology's unmarked MQAR (tasks/zoology.py): the pairs open the stream, each key is
+    asked once as a bare key at a later position drawn by ``gaps``, noise everywhere else."""
+    gaps: Literal["power", "uniform"] = "power"
+    """layout='stream': how far after the pairs a query sits: Zoology's power law
+    p(g) ∝ a (g+1)^(a-1) over the even slots g (most queries close to the pairs) or uniform."""
+    power_a: float = 0.01
+    """The power law's a in (0, 1] (Zoology's default 0.01; 1 is uniform)."""
+    rebind: int = 0
+    """Overwritten facts: this many keys are bound a second time to another value, and a query
+    answers its key's latest binding (scaled with the pairs of a curriculum row)."""
+    rebind_at: Literal["same", "later"] = "same"
+    """Where a re-binding goes: 'same' = the segment of its key's first binding (layout='stream':
+    the opening block), 'later' = a later segment before the queries' (stream: segment 1 or later,
+    and queries between the two bindings answer the first)."""
     seed: int = 0
     """Seed of the train/test streams (see Task.rng)."""
 
@@ -143,8 +160,19 @@ class MQARTask(Task):
         """Accuracy of guessing a value uniformly."""
         return 1.0 / self.num_values
 
+    def rebinds_at(self, n: int) -> int:
+        """Re-bound keys in a row of n pairs: ``rebind`` scaled by n / num_pairs (rounded)."""
+        return min(n, round(self.rebind * n / self.num_pairs)) if self.rebind else 0
+
     def validate(self) -> None:
         """Raise ValueError naming the first impossible field."""
+        check_choice("layout", self.layout, ("segments", "stream"))
+        check_int("rebind", self.rebind, 0, self.num_pairs if isinstance(self.num_pairs, int) else None)
+        check_choice("rebind_at", self.rebind_at, ("same", "later"))
+        if self.rebind and self.num_values < 2:
+            raise ValueError("num_values must be at least 2 with rebind > 0: a re-binding needs another value")
+        if self.layout == "stream":
+            return self._validate_stream()
         check_int("num_keys", self.num_keys, 1)
         check_int("num_values", self.num_values, 1)
         check_int("noise_vocab", self.noise_vocab, 1)
@@ -158,8 +186,12 @@ class MQARTask(Task):
             raise ValueError("noise='shared' needs marked=True: without a SET marker nothing in the input "
                              "tells a pair from noise that uses the same ids")
         check_int("context_segments", self.context_segments, 1, self.num_segments - 1)
-        per_segment = -(-self.num_pairs // self.context_segments)
+        if self.rebind and self.rebind_at == "later" and self.context_segments > self.num_segments - 2:
+            raise ValueError(f"rebind_at must be 'same' here: 'later' needs a segment between the pairs and "
+                             f"the queries, and context_segments={self.context_segments} of "
+                             f"num_segments={self.num_segments} leaves none")
         check_int("num_pairs", self.num_pairs, 1, self.num_keys)
+        per_segment = max(self._items_per_segment(self.num_pairs, self.num_segments))
         if max(per_segment, self.num_pairs) * self.width > self.segment_len:
             raise ValueError(f"num_pairs must be small enough to fit a segment: {self.num_pairs} pairs of "
                              f"{self.width} tokens ({per_segment} per context segment) and as many queries "
@@ -170,6 +202,50 @@ class MQARTask(Task):
         if self.min_segments:
             check_int("min_segments", self.min_segments, 2, self.num_segments)
         check_int("seed", self.seed, 0)
+
+    def _validate_stream(self) -> None:
+        """validate() for layout='stream'."""
+        check_int("num_keys", self.num_keys, 1)
+        check_int("num_values", self.num_values, 1)
+        check_int("noise_vocab", self.noise_vocab, 0 if self.noise == "shared" else 1)
+        check_int("segment_len", self.segment_len, 2)
+        check_int("num_segments", self.num_segments, 1)
+        check_choice("noise", self.noise, ("disjoint", "shared"))
+        check_choice("gaps", self.gaps, ("power", "uniform"))
+        if self.marked:
+            raise ValueError("marked must be False with layout='stream': Zoology's recall has no marker tokens")
+        if not (isinstance(self.power_a, (int, float)) and 0 < self.power_a <= 1):
+            raise ValueError(f"power_a must be a number in (0, 1], got {self.power_a!r}")
+        check_int("num_pairs", self.num_pairs, 1, min(self.num_keys, self.num_values))
+        check_int("curriculum_steps", self.curriculum_steps, 0)
+        if self.curriculum_steps > 0:
+            check_int("min_pairs", self.min_pairs, 1, self.num_pairs)
+        if self.min_segments:
+            check_int("min_segments", self.min_segments, 1, self.num_segments)
+        check_int("seed", self.seed, 0)
+        # the shortest and the fullest row the curriculum makes must both hold their items
+        shortest = (self.min_segments or self.num_segments) if self.curriculum_steps else self.num_segments
+        for n, segs in {(self.num_pairs, self.num_segments), (self.num_pairs, shortest)}:
+            r = self.rebinds_at(n)
+            later = r if self.rebind_at == "later" else 0
+            block = 2 * (n + r - later)
+            N = segs * self.segment_len
+            free_later = sum(1 for p in range(block, N - 1, 2) if p >= self.segment_len)
+            if block + 2 * n > N or (later and free_later < later + n):
+                raise ValueError(f"num_pairs must fit the row: {n} pairs (with {r} re-bindings) in {N} tokens, but the "
+                                 f"pairs take {block}, the queries {2 * n} more"
+                                 + (f", and the re-bindings {2 * later} of segment 1 on" if later else ""))
+
+    def _items_per_segment(self, n: int, segments: int) -> list[int]:
+        """Bindings (pairs and re-bindings) in each context segment of a segments-layout row."""
+        ctx = min(self.context_segments, segments - 1)
+        seg = [i % ctx for i in range(n)] + [self._rebind_segment(i % ctx, segments)
+                                             for i in range(self.rebinds_at(n))]
+        return [seg.count(s) for s in range(max(seg) + 1)]
+
+    def _rebind_segment(self, s: int, segments: int) -> int:
+        """The segment of the re-binding of a pair in segment s (segments layout)."""
+        return s if self.rebind_at == "same" else max(s, min(s + 1, segments - 2))
 
     def pairs_at(self, split: str, index: int) -> int:
         """How many pairs batch ``index`` of ``split`` holds (the curriculum rule above)."""
@@ -192,6 +268,10 @@ class MQARTask(Task):
         rng = self.rng(split, index)
         segments = self.segments_at(split, index)
         n, B, T = self.pairs_at(split, index), batch_size, self.segment_len
+        if self.layout == "stream":
+            return make_batch(*zoology.stream_rows(self, rng, B, n, segments))
+        if self.rebind:
+            return self._rebind_batch(rng, B, n, segments)
         N = segments * T
         key0, val0, noise0 = 1, 1 + self.num_keys, 1 + self.num_keys + self.num_values
 
@@ -233,6 +313,57 @@ class MQARTask(Task):
         pair_key = key_pos[rows, order] + m  # (B, n) where the asked pair's key sits
         source[rows, asked, 0] = pair_key
         source[rows, asked, 1] = pair_key + 2
+        return make_batch(tokens, targets, loss_mask, relevant, source)
+
+    def _rebind_batch(self, rng: np.random.Generator, B: int, n: int, segments: int) -> Batch:
+        """batch() of the segments layout with re-bindings: keys 0..r-1 are bound twice (the second
+        value differs), each binding at its own random position; every query is in the last segment,
+        so it answers the later of its key's two bindings."""
+        T, K, V = self.segment_len, self.num_keys, self.num_values
+        N, r, m = segments * T, self.rebinds_at(n), int(self.marked)
+        rows = np.arange(B)[:, None]
+        keys = 1 + random_subsets(rng, B, K, n)  # (B, n)
+        vals = rng.integers(0, V, size=(B, n))
+        bind_key = np.concatenate([keys, keys[:, :r]], axis=1)  # (B, n + r)
+        bind_val = 1 + K + np.concatenate([vals, zoology.other_values(rng, vals[:, :r], V)], axis=1)
+        order = random_subsets(rng, B, n, n)  # query j asks pair order[:, j]
+        if self.noise == "shared":
+            tokens = 1 + rng.integers(0, K + V + self.noise_vocab, size=(B, N))
+        else:
+            tokens = 1 + K + V + rng.integers(0, self.noise_vocab, size=(B, N))
+        ctx = min(self.context_segments, segments - 1)
+        seg_of = np.array([i % ctx for i in range(n)] + [self._rebind_segment(i % ctx, segments) for i in range(r)])
+        bind_pos = np.empty((B, n + r), dtype=np.int64)
+        for s_ in range(int(seg_of.max()) + 1):
+            idx = np.flatnonzero(seg_of == s_)  # this segment's bindings, in a random order per row
+            perm = random_subsets(rng, B, len(idx), len(idx))
+            bind_pos[:, idx] = s_ * T + np.take_along_axis(self._offsets(rng, B, len(idx)), perm, axis=1)
+        query_pos = (segments - 1) * T + self._offsets(rng, B, n)
+        if m:
+            tokens[rows, bind_pos] = self.set_id
+            tokens[rows, query_pos] = self.ask_id
+        tokens[rows, bind_pos + m] = bind_key
+        tokens[rows, bind_pos + m + 1] = bind_val
+        # pair i's answering binding: its re-binding where that one is later
+        latest = np.arange(n)[None, :].repeat(B, 0)
+        if r:
+            rb = n + np.arange(r)
+            latest[:, :r] = np.where(bind_pos[:, rb] > bind_pos[:, :r], rb[None, :], np.arange(r)[None, :])
+        asked = query_pos + m
+        answer = latest[rows, order]  # (B, n) binding index answering query j
+        tokens[rows, asked] = keys[rows, order]
+        tokens[rows, asked + 1] = bind_val[rows, answer]
+        targets = np.zeros((B, N), dtype=np.int64)
+        targets[rows, asked] = bind_val[rows, answer]
+        loss_mask = np.zeros((B, N), dtype=bool)
+        loss_mask[rows, asked] = True
+        src = bind_pos[rows, answer] + m  # (B, n) the answering binding's key
+        relevant = np.zeros((B, N), dtype=bool)
+        relevant[rows, src] = True
+        relevant[rows, src + 1] = True
+        source = empty_source(B, N)
+        source[rows, asked, 0] = src
+        source[rows, asked, 1] = src + 2
         return make_batch(tokens, targets, loss_mask, relevant, source)
 
     def _offsets(self, rng: np.random.Generator, B: int, n: int) -> np.ndarray:
