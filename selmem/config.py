@@ -17,6 +17,8 @@ import yaml
 
 Read = Literal["on", "off"]
 ReadBias = Literal["none", "usage"]
+ReadQuery = Literal["rotary", "plain"]
+WriteNew = Literal["mix", "allocate"]
 Select = Literal["soft", "hard", "topk", "threshold", "all"]
 Compress = Literal["linear", "avgpool", "maxpool", "attnpool", "none"]
 Address = Literal["attention", "fifo", "random"]
@@ -61,6 +63,11 @@ class SelmemConfig:
     """Slot width d_mem (<= d_model); compression maps d -> d_mem."""
     read: Read = "on"
     """'on': a layer's tokens attend to [up(C_l); hint_l] as extra keys/values; 'off': no read (ablation)."""
+    read_query: ReadQuery = "rotary"
+    """The query a token reads the memory with: 'rotary' = the one it attends its segment with,
+    rotated by its position in the segment, so its logit on a slot depends on where it sits (only
+    the slow rotary channels match alike everywhere); 'plain' = the same query without rotary:
+    the memory is an unordered set, and a fact reads the same from every position."""
     read_bias: ReadBias = "none"
     """'usage': each read logit on slot j gets alpha * log(usage_j / mean usage), so the read
     prefers what was strongly selected and head B learns from the reads (memory/read.py)."""
@@ -87,6 +94,11 @@ class SelmemConfig:
     """How 'attention' addressing turns scores into write weights: 'softmax' (dense: every write
     erases a little of every slot), 'sparsemax' (content weights with exact zeros), 'top1' (each
     candidate writes one slot, straight-through gradient of the soft weights)."""
+    write_new: WriteNew = "mix"
+    """How 'attention' addressing tells a new fact from an update: 'mix' = a learned mix of
+    content and allocation weights per candidate (DNC); 'allocate' = content weights over the
+    slots holding written content compete with a learned "new fact" logit, and new facts take
+    distinct free slots (memory/address.py)."""
     age_weight: float = 0.1
     """Eviction discount per segment of age: allocation ranks slots by usage * exp(-age_weight * age)."""
     usage_decay: float = 0.9
@@ -154,6 +166,10 @@ class SelmemConfig:
     Where every position is an answer the diffuse attentions sum to "keep everything", which cost
     code-lm 0.13 bits per byte; on recall 'max' starts near 0 everywhere and closed the gates
     (docs/FINDINGS.md section 9)."""
+    lambda_read: float = 0.0
+    """Weight of the read teacher (credit='probe' only; memory/credit.py ``read_teacher_loss``): at
+    each answer, the read over a layer's own slots is pulled toward the slots holding what the
+    probe retrieves there, so the read learns where a fact is as full attention does."""
     score_margin: float = 4.0
     """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
 
@@ -187,7 +203,7 @@ class SelmemConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "lambda_score", "score_margin", "bptt_segments",
-                     "age_weight", "lambda_credit", "probe_layers"]:
+                     "age_weight", "lambda_credit", "probe_layers", "lambda_read"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self

@@ -97,9 +97,13 @@ class Attention(nn.Module):
     path is tested against (tests/test_layers.py) and what ``step`` (decoding) uses.
     """
 
-    def __init__(self, dim: int, n_heads: int, causal: bool = True, prefix: bool = True, fast: bool = True) -> None:
+    def __init__(self, dim: int, n_heads: int, causal: bool = True, prefix: bool = True, fast: bool = True,
+                 prefix_rope: bool = True) -> None:
         super().__init__()
         self.n_heads, self.causal, self.fast = n_heads, causal, fast
+        # prefix_rope=False: a token's logit on a prefix entry uses its query *without* rotary, so
+        # the read of an (unordered) memory does not depend on where in the segment the token sits
+        self.prefix_rope = prefix_rope
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         # only built when a prefix will be read: unused parameters break DDP and skew param counts
         self.kv_prefix = nn.Linear(dim, 2 * dim, bias=False) if prefix else None
@@ -116,18 +120,22 @@ class Attention(nn.Module):
         q, k, v = (*rotary(qkv[:2]), qkv[2]) if rope else qkv
         pkv = self.prefix_kv(prefix) if prefix is not None else None
         attend = self._sdpa if self.fast else self._explicit
-        y, read = attend(q, k, v, pkv, prefix_bias)  # (B, H, T, D), (B, T, S) or None
+        q0 = qkv[0] if rope and not self.prefix_rope else None  # the query the prefix sees, if not q
+        y, read = attend(q, k, v, pkv, prefix_bias, q0)  # (B, H, T, D), (B, T, S) or None
         return self.out(y.transpose(1, 2).reshape(B, T, d)), read
 
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor, pkv: tuple[Tensor, Tensor] | None,
-                  prefix_bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """The softmax written out: the diagnostic reference of ``_sdpa``."""
+                  prefix_bias: Tensor | None, q0: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The softmax written out: the diagnostic reference of ``_sdpa``. q0: the query of the
+        prefix logits when it is not q (prefix_rope=False)."""
         B, H, T, D = q.shape
         S = 0
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D)  # (B, H, T, T)
         if pkv is not None:
             S = pkv[0].shape[2]
-            k, v = torch.cat([pkv[0], k], dim=2), torch.cat([pkv[1], v], dim=2)  # (B, H, S+T, D)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(D)  # (B, H, T, S+T)
+            pscores = (q if q0 is None else q0) @ pkv[0].transpose(-1, -2) / math.sqrt(D)  # (B, H, T, S)
+            scores = torch.cat([pscores, scores], dim=-1)  # (B, H, T, S+T)
+            v = torch.cat([pkv[1], v], dim=2)  # (B, H, S+T, D)
         if prefix_bias is not None and S:
             bias = torch.cat([prefix_bias, prefix_bias.new_zeros(B, T)], dim=1)  # (B, S+T)
             scores = scores + bias[:, None, None, :]
@@ -138,14 +146,16 @@ class Attention(nn.Module):
         return probs @ v, read
 
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, pkv: tuple[Tensor, Tensor] | None,
-              prefix_bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+              prefix_bias: Tensor | None, q0: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """``_explicit`` by one fused kernel. The memory's usage needs the read attention on the
         prefix, which SDPA does not return, so one extra channel carries it: q gets a 1, prefix keys
         the read bias (times sqrt(D), undoing SDPA's scale) and prefix values a 1, segment keys and
         values 0. The extra output channel is then the total prefix mass m_t = Z_prefix / Z, and
         the read map is softmax over the prefix logits alone (T x S, small) times m_t: exact, and
         differentiable through SDPA's own backward. (Flash kernels need equal q/k/v widths, hence
-        the channel on all three; CUDA kernels want widths in multiples of 8, hence the padding.)"""
+        the channel on all three; CUDA kernels want widths in multiples of 8, hence the padding.)
+        With q0 (the prefix's query when it is not q) the head width doubles: q = [q; q0], segment
+        keys [k; 0], prefix keys [0; pk], so one kernel still computes both kinds of logits."""
         B, H, T, D = q.shape
         if pkv is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal), None
@@ -154,12 +164,17 @@ class Attention(nn.Module):
         mask = prefix_causal_mask(T, S, q.device) if self.causal else None  # (T, S+T)
         e = 8 if q.is_cuda else 1  # extra channels; only the first is nonzero
         kb = None if prefix_bias is None else (prefix_bias * math.sqrt(D))[:, None, :, None].expand(B, H, S, 1)
-        qe = _widen(q, 1.0, e)  # (B, H, T, D+e)
-        ke = torch.cat([_widen(pk, kb, e), _widen(k, None, e)], dim=2)  # (B, H, S+T, D+e)
-        ve = torch.cat([_widen(pv, 1.0, e), _widen(v, None, e)], dim=2)  # (B, H, S+T, D+e)
+        qp = q if q0 is None else q0
+        if q0 is not None:  # [q; q0] against [k; 0] and [0; pk]; values padded to the same width
+            q, k, pk = torch.cat([q, q0], -1), F.pad(k, (0, D)), F.pad(pk, (D, 0))
+            v, pv = F.pad(v, (0, D)), F.pad(pv, (0, D))
+        W = q.shape[-1]
+        qe = _widen(q, 1.0, e)  # (B, H, T, W+e)
+        ke = torch.cat([_widen(pk, kb, e), _widen(k, None, e)], dim=2)  # (B, H, S+T, W+e)
+        ve = torch.cat([_widen(pv, 1.0, e), _widen(v, None, e)], dim=2)  # (B, H, S+T, W+e)
         ye = F.scaled_dot_product_attention(qe, ke, ve, attn_mask=mask, scale=1 / math.sqrt(D))
-        y, mass = ye[..., :D], ye[..., D : D + 1]  # (B, H, T, D), (B, H, T, 1) prefix mass
-        logits = q @ pk.transpose(-1, -2) / math.sqrt(D)  # (B, H, T, S)
+        y, mass = ye[..., :D], ye[..., W : W + 1]  # (B, H, T, D), (B, H, T, 1) prefix mass
+        logits = qp @ pkv[0].transpose(-1, -2) / math.sqrt(D)  # (B, H, T, S)
         if prefix_bias is not None:
             logits = logits + prefix_bias[:, None, None, :]
         read = (logits.softmax(-1) * mass).mean(1)  # (B, T, S)
@@ -186,13 +201,15 @@ class Attention(nn.Module):
         n = past[0].shape[2] if past is not None else 0
         qkv = self.qkv(x).view(B, t, 3, H, d // H).permute(2, 0, 3, 1, 4)  # (3, B, H, t, D)
         (q, k), v = rotary(qkv[:2], n, rope), qkv[2]
+        q0 = qkv[0] if not self.prefix_rope else q  # the prefix's query (forward's q0)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, n+t, D)
-        kk, vv, S = k, v, 0
+        vv, S = v, 0
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // H)  # (B, H, t, n+t)
         if prefix_kv is not None:
             S = prefix_kv[0].shape[2]
-            kk, vv = torch.cat([prefix_kv[0], k], dim=2), torch.cat([prefix_kv[1], v], dim=2)
-        scores = q @ kk.transpose(-1, -2) / math.sqrt(d // H)  # (B, H, t, S+n+t)
+            pscores = q0 @ prefix_kv[0].transpose(-1, -2) / math.sqrt(d // H)  # (B, H, t, S)
+            scores, vv = torch.cat([pscores, scores], dim=-1), torch.cat([prefix_kv[1], v], dim=2)
         if prefix_bias is not None and S:
             bias = torch.cat([prefix_bias, prefix_bias.new_zeros(B, n + t)], dim=1)
             scores = scores + bias[:, None, None, :]
@@ -243,14 +260,14 @@ class Block(nn.Module):
     """Pre-norm Transformer block whose attention may read a prefix (head A of DESIGN section 1)."""
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, layer_idx: int = 0, causal: bool = True,
-                 prefix: bool = True, conv_kernel: int = 0, fast: bool = True) -> None:
+                 prefix: bool = True, conv_kernel: int = 0, fast: bool = True, prefix_rope: bool = True) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.conv = ShortConv(dim, conv_kernel) if conv_kernel > 1 else None
         self.norm0 = RMSNorm(dim) if self.conv is not None else None
         self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
         self.prefix_norm = RMSNorm(dim) if prefix else None  # prefix=False: never reads one
-        self.attn = Attention(dim, n_heads, causal=causal, prefix=prefix, fast=fast)
+        self.attn = Attention(dim, n_heads, causal=causal, prefix=prefix, fast=fast, prefix_rope=prefix_rope)
         self.mlp = MLP(dim, mlp_ratio * dim)
 
     def forward(self, x: Tensor, prefix: Tensor | None = None, rope: bool = True,

@@ -54,6 +54,10 @@ class Output:
     stats: dict[str, Any]
     losses: dict[str, Tensor]
     scores: list[Tensor] | None = None
+    reads: list[Tensor | None] | None = None
+    """The read attention per layer on the prefix, (B, T, M+R) (forward) or (B, N, M+R)
+    (forward_sequence), not detached, or None per layer with read='off': the read teacher
+    (memory/credit.py, ``lambda_read``) trains the read through it."""
 
 
 class SelectiveMemoryTransformer(nn.Module):
@@ -66,7 +70,8 @@ class SelectiveMemoryTransformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.mlp_ratio, layer_idx=l,
                                           prefix=cfg.read == "on", conv_kernel=cfg.short_conv,
-                                          fast=cfg.attention == "sdpa")
+                                          fast=cfg.attention == "sdpa",
+                                          prefix_rope=cfg.read_query == "rotary")
                                     for l in range(L))
         self.read = nn.ModuleList(Read(cfg) for _ in range(L))
         self.select = nn.ModuleList(Select(cfg) for _ in range(L))
@@ -136,7 +141,7 @@ class SelectiveMemoryTransformer(nn.Module):
         aux = self._losses(tokens, state, [w.gate for w in writes], [w.score for w in writes],
                            [w.rec for w in writes])
         stats = {"start": state.position.clone(), "layers": layer_stats}
-        return Output(logits, new_state, stats, aux, [w.score for w in writes])
+        return Output(logits, new_state, stats, aux, [w.score for w in writes], reads)
 
     def decode(self, tokens: Tensor, cache: DecodeCache | None = None,
                segment_len: int | None = None) -> tuple[Tensor, DecodeCache]:
@@ -236,9 +241,13 @@ class SelectiveMemoryTransformer(nn.Module):
             if answer_targets is None or answer_targets.shape != tokens.shape:
                 raise ValueError("credit='probe' needs answer_targets (B, N), the targets at the answer positions")
             seg = segment_len or cfg.max_segment_len
-            out.losses["probe"], c = credit.probe_losses(self.probe, tokens, out.scores, seg, answer_mask,
-                                                          answer_targets, answer_count, cfg.probe_target)
+            out.losses["probe"], c, attn = credit.probe_losses(self.probe, tokens, out.scores, seg, answer_mask,
+                                                                answer_targets, answer_count, cfg.probe_target)
             out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * out.losses["probe"]
+            if cfg.lambda_read > 0 and out.reads is not None and out.reads[0] is not None:
+                row, pos = credit.answer_positions(answer_mask, answer_count)
+                out.losses["read"] = credit.read_teacher_loss(out.stats, out.reads, attn, row, pos, seg, cfg.slots)
+                out.losses["aux"] = out.losses["aux"] + cfg.lambda_read * out.losses["read"]
         out.losses["credit"] = c
         out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c
         return out
@@ -365,10 +374,13 @@ def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, stat
         raise ValueError("tokens is empty: a sequence needs at least one token")
     logits = torch.cat([o.logits for o in outs], dim=1)
     aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
-    scores = None
+    scores = reads = None
     if getattr(outs[0], "scores", None) is not None:
         scores = [torch.cat([o.scores[l] for o in outs], dim=1) for l in range(len(outs[0].scores))]
-    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux, scores)
+    if getattr(outs[0], "reads", None) is not None:
+        reads = [None if outs[0].reads[l] is None else torch.cat([o.reads[l] for o in outs], dim=1)
+                 for l in range(len(outs[0].reads))]
+    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux, scores, reads)
 
 
 def _describe(x: Any) -> str:

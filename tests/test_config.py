@@ -37,6 +37,8 @@ def test_every_option_field_is_checked():
         "writes",
         "credit_grad",
         "probe_target",
+        "read_query",
+        "write_new",
     }
 
 

@@ -36,10 +36,11 @@ def test_short_conv_is_causal():
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("prefix, bias", [(False, False), (True, False), (True, True)],
                          ids=["no-prefix", "prefix", "prefix+bias"])
-def test_sdpa_attention_equals_the_explicit_softmax(causal, prefix, bias):
+@pytest.mark.parametrize("prefix_rope", [True, False], ids=["rotary-read", "plain-read"])
+def test_sdpa_attention_equals_the_explicit_softmax(causal, prefix, bias, prefix_rope):
     """The fused path (F.scaled_dot_product_attention, the read map carried in an extra channel)
     gives the written-out softmax's output, read map and every gradient, in float64."""
-    attn = Attention(32, 4, causal=causal).double()
+    attn = Attention(32, 4, causal=causal, prefix_rope=prefix_rope).double()
     x = torch.randn(3, 7, 32, dtype=torch.double, requires_grad=True)
     p = torch.randn(3, 5, 32, dtype=torch.double, requires_grad=True) if prefix else None
     b = torch.randn(3, 5, dtype=torch.double, requires_grad=True) if bias else None
@@ -80,3 +81,24 @@ def test_cached_rotary_table_and_mask_equal_fresh_ones():
     mask = prefix_causal_mask(3, 2, "cpu")
     assert mask.tolist() == [[True, True, True, False, False], [True, True, True, True, False],
                              [True, True, True, True, True]]
+
+
+@pytest.mark.parametrize("prefix_rope", [True, False], ids=["rotary-read", "plain-read"])
+def test_step_equals_forward_and_a_plain_read_ignores_the_position(prefix_rope):
+    """Token-by-token ``step`` gives ``forward``'s numbers for either read query; with the plain
+    query (read_query='plain') a token's read map does not depend on its place in the segment."""
+    attn = Attention(32, 4, fast=False, prefix_rope=prefix_rope).double()
+    x = torch.randn(2, 6, 32, dtype=torch.double)
+    p = torch.randn(2, 5, 32, dtype=torch.double)
+    y, read = attn(x, p)
+    pkv, past, ys = attn.prefix_kv(p), None, []
+    for t in range(6):
+        yt, _, past = attn.step(x[:, t : t + 1], pkv, past)
+        ys.append(yt)
+    assert_close("step", y, torch.cat(ys, 1), atol=1e-12)
+    one = Attention(32, 1, fast=False, prefix_rope=prefix_rope).double()  # one head: the read renormalised
+    same = x[:, :1].expand(2, 6, 32)  # one token repeated: only its position differs
+    _, read = one(same, p)
+    share = read / read.sum(-1, keepdim=True)  # over the prefix is its softmax over the prefix logits
+    moved = (share - share[:, :1]).abs().max().item()
+    assert (moved < 1e-12) == (not prefix_rope)

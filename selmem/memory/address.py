@@ -14,6 +14,14 @@ segment is addressed in parallel); update.py then applies the writes in order.
                m_t mod M where m_t = sum_{s<t} g_s is the gate mass written before it, and
                w_tj = softmax_j(-dist(rank_j, m_t)^2 / alloc_temperature) with circular distance.
                This is the DNC's usage-sorted allocation made parallel over a segment.
+  With ``write_new='allocate'`` the mix is a competition instead: a candidate's content logits
+  on the slots that hold written content (usage >= 0.1; an emptier slot gets log(usage / 0.1),
+  an unwritten one about -14) compete in one softmax with a learned "new fact" logit
+  ``v . c_t + b``; what goes to "new" is allocated, and the allocation target m_t counts the
+  earlier candidates that were selected (g > 0.5) and went to "new". So a candidate overwrites a
+  slot only where it matches what the slot holds, and distinct new facts of one segment take
+  distinct free slots. With the learned mix, a fresh memory's (meaningless) content similarity
+  sent most candidates of a segment to the same 2-3 slots (docs/FINDINGS.md section 12).
   With ``address_weights='top1'`` each candidate writes only into the slot of its largest w
   (forward one-hot, gradient of the soft w: straight-through), so a write never erases a little
   of every slot. A near-uniform soft w at initialisation does exactly that: with 8 slots and a
@@ -84,12 +92,28 @@ def rank_weights(ranks: Tensor, target: Tensor, temperature: float) -> Tensor:
 def attention(a: Address, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
               pos: Tensor) -> Tensor:
     logits = a.q(cand) @ a.k(slots).transpose(1, 2) / math.sqrt(cand.shape[-1])  # (B, C, M)
+    if a.allocate:
+        return content_or_allocate(a, cand, gate, logits * a.sharpness.exp(), usage, age)
     content = NORMALISE[a.weights](logits * a.sharpness.exp())
     M = slots.shape[1]
     target = gate_mass_before(gate).remainder(M)
     alloc = rank_weights(freeness_ranks(usage, age, a.age_weight), target, a.temperature)
     beta = torch.sigmoid(a.mix(cand))  # (B, C, 1)
     return beta * content + (1 - beta) * alloc
+
+
+def content_or_allocate(a: Address, cand: Tensor, gate: Tensor, logits: Tensor, usage: Tensor,
+                        age: Tensor) -> Tensor:
+    """write_new='allocate': softmax over [content logits on written slots; a "new fact" logit],
+    the "new" mass allocated to the next free slot, counting only selected new candidates."""
+    M = logits.shape[-1]
+    occupied = (usage.detach() / 0.1).clamp(1e-6, 1.0).log()  # (B, M): 0 for a written slot
+    p = torch.cat([logits + occupied[:, None, :], a.mix(cand)], dim=-1).softmax(-1)  # (B, C, M+1)
+    content, new = p[..., :M], p[..., M:]  # (B, C, M), (B, C, 1)
+    selected = (gate.detach() > 0.5).to(gate.dtype) * (new[..., 0].detach() > 0.5).to(gate.dtype)
+    target = (selected.cumsum(1) - selected).remainder(M)  # (B, C) selected new facts before t
+    alloc = rank_weights(freeness_ranks(usage, age, a.age_weight), target, a.temperature)
+    return content + new * alloc
 
 
 def fifo(a: Address, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
@@ -118,10 +142,13 @@ class Address(nn.Module):
         self.fn = ADDRESS[cfg.address]
         self.layer_idx, self.temperature = layer_idx, cfg.alloc_temperature
         self.weights, self.age_weight = cfg.address_weights, cfg.age_weight
+        self.allocate = cfg.write_new == "allocate"
         if cfg.address == "attention":
             self.q = nn.Linear(cfg.d_mem, cfg.d_mem, bias=False)
             self.k = nn.Linear(cfg.d_mem, cfg.d_mem, bias=False)
-            self.mix = nn.Linear(cfg.d_mem, 1)
+            self.mix = nn.Linear(cfg.d_mem, 1)  # the content/allocation mix, or the "new fact" logit
+            if self.allocate:  # "new" starts as likely as all M written slots together
+                nn.init.constant_(self.mix.bias, math.log(cfg.slots))
             self.sharpness = nn.Parameter(torch.zeros(()))  # learned log inverse temperature
 
     def forward(self, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, age: Tensor,

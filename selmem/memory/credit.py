@@ -168,8 +168,9 @@ def answer_positions(mask: Tensor, count: int | None = None) -> tuple[Tensor, Te
 
 def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], segment_len: int,
                  answer_mask: Tensor, answer_targets: Tensor,
-                 count: int | None = None, reduce: str = "auto") -> tuple[Tensor, Tensor]:
-    """(probe cross-entropy at the answers, head-B BCE toward the probe's credit) for one batch.
+                 count: int | None = None, reduce: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """(probe cross-entropy at the answers, head-B BCE toward the probe's credit, the probe's
+    retrieval attention (A, N), detached, for the read teacher) for one batch.
     tokens (B, N); scores per layer (B, N); answer_mask (B, N) bool; answer_targets (B, N) long
     (read where answer_mask); count: the number of answers if known (``answer_positions``);
     reduce: the answers' attention on a token summed ('sum', clamped at 1), its largest ('max'),
@@ -183,4 +184,47 @@ def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], se
     target = (empty.index_add(0, row, attn.detach()).clamp(max=1.0) if reduce == "sum"
               else empty.scatter_reduce(0, row[:, None].expand_as(attn), attn.detach(), "amax"))
     bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()
-    return ce, bce
+    return ce, bce, attn.detach()
+
+
+def read_teacher_loss(stats: dict[str, Any], reads: list[Tensor], attn: Tensor, row: Tensor, pos: Tensor,
+                      segment_len: int, slots: int) -> Tensor:
+    """The read teacher: at every answer, a layer's read over its own slots is pulled toward the
+    slots that hold what the probe retrieves there (``lambda_read``).
+
+    stats: forward_sequence's (contrib, kept and cand_pos per segment and layer, detached); reads
+    per layer (B, N, M+R), live; attn (A, N) the probe's retrieval attention at the A answers
+    (row, pos) (A,), on earlier segments only. For answer a in segment s and layer l:
+
+        t_aj = sum over earlier candidates c of  attn[a, pos_c] * share_cj(s)
+
+    with share_cj(s) candidate c's share of slot j when segment s reads it (as in read_credit);
+    ``m_a = sum_j t_aj`` is how much of what the probe retrieves the memory still holds. The loss
+    is the cross-entropy of t_a / m_a against the read renormalised over the M own slots, weighted
+    by min(m_a, 1) and averaged over the answers outside the first segment. It teaches the read
+    what full attention attends to at an answer (where the fact is), not what it says; the
+    gradient reaches the queries, the prefix keys and the slots' content, hence the write."""
+    segs = stats["segments"]
+    later = (pos >= segment_len).to(attn.dtype)  # answers that may read something written
+    terms = []
+    for l, read in enumerate(reads):
+        r = read[row, pos, :slots]  # (A, M) live
+        p = r / r.sum(-1, keepdim=True).clamp_min(1e-9)
+        target = attn.new_zeros(r.shape)
+        cand_pos: list[Tensor] = []
+        shares: list[Tensor] = []
+        for s, seg in enumerate(segs):
+            lay = seg["layers"][l]
+            if shares:
+                P = torch.cat(cand_pos, dim=1)  # (B, C_tot) positions written before segment s
+                S = torch.cat(shares, dim=1)  # (B, C_tot, M) their shares now
+                at = attn.gather(1, P[row].clamp(max=attn.shape[1] - 1))  # (A, C_tot)
+                here = (pos // segment_len == s).to(attn.dtype)[:, None]  # (A, 1) answers of segment s
+                target = target + here * torch.einsum("ac,acm->am", at, S[row].to(attn.dtype))
+            shares = [share * lay["kept"][:, None, :] for share in shares]
+            cand_pos.append(lay["cand_pos"])
+            shares.append(lay["contrib"])
+        mass = target.sum(-1)  # (A,)
+        ce = -(target / mass[:, None].clamp_min(1e-9) * (p + 1e-9).log()).sum(-1)  # (A,)
+        terms.append((later * mass.clamp(max=1.0) * ce).sum() / later.sum().clamp_min(1.0))
+    return torch.stack(terms).mean()

@@ -123,6 +123,7 @@ class _Address:
         first = layers[0]
         self.fn, self.temperature, self.weights, self.age_weight = (first.fn, first.temperature, first.weights,
                                                                     first.age_weight)
+        self.allocate = first.allocate
         if first.fn is random:  # hashes the layer index with the position: (L*B, 1), made on the device
             first_idx = first.layer_idx
             if [m.layer_idx for m in layers] != list(range(first_idx, first_idx + len(layers))):

@@ -251,3 +251,25 @@ def test_top1_protects_the_most_used_slot_from_a_segment_of_writes(weights, prot
     assert (out.kept[0, 0] == 1.0) == protected, out.kept
     if not protected:
         assert out.kept[0, 0] < 0.95
+
+
+def test_allocate_sends_distinct_new_facts_to_distinct_free_slots_and_updates_by_content():
+    """write_new='allocate': on an empty memory every selected candidate takes a slot of its own
+    (with the learned mix, similar candidates all went to the slot they matched best); a
+    candidate that matches a written slot goes there when its content logit beats "new"."""
+    a = Address(tiny_cfg(address="attention", address_weights="top1", write_new="allocate"), 0).double()
+    B, C = 2, 3
+    cand = F.normalize(torch.randn(B, C, D, dtype=dt), dim=-1) * D**0.5
+    gate = torch.ones(B, C, dtype=dt)
+    empty = dict(slots=torch.randn(B, M, D, dtype=dt), usage=torch.zeros(B, M, dtype=dt),
+                 age=torch.zeros(B, M, dtype=dt))
+    w = a(cand, gate, **empty, pos=torch.arange(C).expand(B, C))
+    assert all(len(set(r.tolist())) == C for r in w.argmax(-1)), "distinct new facts, distinct slots"
+    with torch.no_grad():  # make candidate 0 match slot 2's content strongly, and "new" unlikely
+        a.q.weight.copy_(torch.eye(D, dtype=dt)), a.k.weight.copy_(torch.eye(D, dtype=dt))
+        a.sharpness.fill_(2.0), a.mix.bias.fill_(-5.0)
+    full = dict(slots=torch.randn(B, M, D, dtype=dt), usage=torch.ones(B, M, dtype=dt),
+                age=torch.zeros(B, M, dtype=dt))
+    full["slots"][:, 2] = cand[:, 0]
+    w = a(cand, gate, **full, pos=torch.arange(C).expand(B, C))
+    assert (w[:, 0].argmax(-1) == 2).all(), "an update goes to the slot that holds its fact"

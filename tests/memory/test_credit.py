@@ -185,3 +185,27 @@ def test_probe_target_sum_and_max_agree_where_each_token_serves_one_answer():
         assert auto.item() == probe_losses(probe, x, scores, 4, mask, x, reduce=like)[1].item()
     assert probe_losses(probe, x, scores, 4, every, x)[1].item() != pytest.approx(
         probe_losses(probe, x, scores, 4, every, x, reduce="sum")[1].item())
+
+
+def test_read_teacher_pulls_the_read_toward_the_slot_holding_the_probes_target():
+    """read_teacher_loss: one answer in segment 1 whose probe attention is all on position 1,
+    which slot 2 holds: reading slot 2 costs less than reading slot 0, and an answer in
+    segment 0 (nothing written yet) adds nothing."""
+    from selmem.memory.credit import read_teacher_loss
+
+    B, T, M, N = 1, 2, 4, 4
+    contrib = torch.zeros(B, T, M)
+    contrib[0, 1, 2] = 1.0  # position 1 wrote all of slot 2
+    lay = dict(contrib=contrib, kept=torch.ones(B, M), cand_pos=torch.arange(T)[None])
+    stats = {"segments": [{"layers": [lay]}, {"layers": [dict(lay, cand_pos=torch.arange(T, 2 * T)[None])]}]}
+    attn = torch.zeros(2, N)
+    attn[0, 1] = 1.0  # answer at position 3 retrieves position 1
+    row, pos = torch.tensor([0, 0]), torch.tensor([3, 1])
+
+    def loss(slot: int) -> float:
+        read = torch.full((B, N, M + 1), 0.01)
+        read[0, 3, slot] = 1.0
+        return read_teacher_loss(stats, [read], attn, row, pos, T, M).item()
+
+    assert loss(2) < loss(0)
+    assert loss(2) == pytest.approx(-torch.tensor(1.0 / 1.03).log().item(), rel=1e-5)
