@@ -15,8 +15,23 @@ PRESETS = Path(__file__).resolve().parents[1] / "configs" / "cpu"
 RECALL = ["mqar", "passkey", "selective-copy", "induction"]
 
 
+VARIANTS = sorted(p.stem for p in PRESETS.glob("*.yaml") if p.stem not in TASKS)
+
+
 def test_every_task_has_a_preset():
-    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted(TASKS)
+    """One preset per task, named after it; a variant of a task's layout is named TASK-WHAT."""
+    stems = {p.stem for p in PRESETS.glob("*.yaml")}
+    assert set(TASKS) <= stems
+    assert all(any(v.startswith(f"{t}-") for t in TASKS) for v in VARIANTS), VARIANTS
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_opens_with_its_command_and_is_valid(variant):
+    path = PRESETS / f"{variant}.yaml"
+    assert path.read_text().splitlines()[0].startswith(f"# selmem compare --config configs/cpu/{variant}.yaml ")
+    exp = ExperimentConfig.from_yaml(path).resolved()
+    assert variant.startswith(f"{exp.task.name}-") and exp.arch == "selmem"
+    assert exp.task.seq_len // exp.segment_len() >= 4, "the input must span several segments"
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
