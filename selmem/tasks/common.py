@@ -85,6 +85,25 @@ def empty_source(batch_size: int, length: int) -> np.ndarray:
     return np.full((batch_size, length, 2), -1, dtype=np.int64)
 
 
+def answered_spans(B: int, N: int, asked: np.ndarray, answers: np.ndarray, src: np.ndarray,
+                   width: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The scored arrays of a recall batch: queries at ``asked`` (B, n) answer ``answers`` (B, n)
+    from the ``width`` tokens starting at ``src`` (B, n) -> targets, loss_mask, relevant (B, N)
+    and source (B, N, 2) (``[src, src + width)`` at each query)."""
+    rows = np.arange(B)[:, None]
+    targets = np.zeros((B, N), dtype=np.int64)
+    targets[rows, asked] = answers
+    loss_mask = np.zeros((B, N), dtype=bool)
+    loss_mask[rows, asked] = True
+    relevant = np.zeros((B, N), dtype=bool)
+    for i in range(width):
+        relevant[rows, src + i] = True
+    source = empty_source(B, N)
+    source[rows, asked, 0] = src
+    source[rows, asked, 1] = src + width
+    return targets, loss_mask, relevant, source
+
+
 def random_subsets(
     rng: np.random.Generator, batch_size: int, population: int, k: int
 ) -> np.ndarray:

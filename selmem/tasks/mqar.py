@@ -63,6 +63,7 @@ import numpy as np
 from selmem.tasks import zoology
 from selmem.tasks.base import Batch, Task
 from selmem.tasks.common import (
+    answered_spans,
     check_batch_args,
     check_choice,
     check_int,
@@ -236,11 +237,23 @@ class MQARTask(Task):
                                  f"pairs take {block}, the queries {2 * n} more"
                                  + (f", and the re-bindings {2 * later} of segment 1 on" if later else ""))
 
+    def noise_rows(self, rng: np.random.Generator, B: int, N: int) -> np.ndarray:
+        """(B, N) noise: any key, value or noise id ('shared', the row's own keys included), or
+        the noise ids only ('disjoint')."""
+        K, V = self.num_keys, self.num_values
+        if self.noise == "shared":
+            return 1 + rng.integers(0, K + V + self.noise_vocab, size=(B, N))
+        return 1 + K + V + rng.integers(0, self.noise_vocab, size=(B, N))
+
+    def _binding_segments(self, n: int, segments: int) -> list[int]:
+        """The segment of each binding of a segments-layout row: pair i, then re-binding i."""
+        ctx = min(self.context_segments, segments - 1)
+        return [i % ctx for i in range(n)] + [self._rebind_segment(i % ctx, segments)
+                                              for i in range(self.rebinds_at(n))]
+
     def _items_per_segment(self, n: int, segments: int) -> list[int]:
         """Bindings (pairs and re-bindings) in each context segment of a segments-layout row."""
-        ctx = min(self.context_segments, segments - 1)
-        seg = [i % ctx for i in range(n)] + [self._rebind_segment(i % ctx, segments)
-                                             for i in range(self.rebinds_at(n))]
+        seg = self._binding_segments(n, segments)
         return [seg.count(s) for s in range(max(seg) + 1)]
 
     def _rebind_segment(self, s: int, segments: int) -> int:
@@ -273,15 +286,12 @@ class MQARTask(Task):
         if self.rebind:
             return self._rebind_batch(rng, B, n, segments)
         N = segments * T
-        key0, val0, noise0 = 1, 1 + self.num_keys, 1 + self.num_keys + self.num_values
+        key0, val0 = 1, 1 + self.num_keys
 
         keys = key0 + random_subsets(rng, B, self.num_keys, n)  # (B, n) distinct per row
         values = val0 + rng.integers(0, self.num_values, size=(B, n))  # (B, n)
         order = random_subsets(rng, B, n, n)  # (B, n): query j asks pair order[:, j]
-        if self.noise == "shared":  # any key, value or noise id, the row's own keys included
-            tokens = 1 + rng.integers(0, self.num_keys + self.num_values + self.noise_vocab, size=(B, N))
-        else:
-            tokens = noise0 + rng.integers(0, self.noise_vocab, size=(B, N))  # (B, N) noise
+        tokens = self.noise_rows(rng, B, N)
 
         ctx = min(self.context_segments, segments - 1)  # the curriculum may shorten the row
         seg_of = np.arange(n) % ctx  # pair i lives in context segment i mod ctx
@@ -327,12 +337,9 @@ class MQARTask(Task):
         bind_key = np.concatenate([keys, keys[:, :r]], axis=1)  # (B, n + r)
         bind_val = 1 + K + np.concatenate([vals, zoology.other_values(rng, vals[:, :r], V)], axis=1)
         order = random_subsets(rng, B, n, n)  # query j asks pair order[:, j]
-        if self.noise == "shared":
-            tokens = 1 + rng.integers(0, K + V + self.noise_vocab, size=(B, N))
-        else:
-            tokens = 1 + K + V + rng.integers(0, self.noise_vocab, size=(B, N))
+        tokens = self.noise_rows(rng, B, N)
         ctx = min(self.context_segments, segments - 1)
-        seg_of = np.array([i % ctx for i in range(n)] + [self._rebind_segment(i % ctx, segments) for i in range(r)])
+        seg_of = np.array(self._binding_segments(n, segments))
         bind_pos = np.empty((B, n + r), dtype=np.int64)
         for s_ in range(int(seg_of.max()) + 1):
             idx = np.flatnonzero(seg_of == s_)  # this segment's bindings, in a random order per row
@@ -353,18 +360,8 @@ class MQARTask(Task):
         answer = latest[rows, order]  # (B, n) binding index answering query j
         tokens[rows, asked] = keys[rows, order]
         tokens[rows, asked + 1] = bind_val[rows, answer]
-        targets = np.zeros((B, N), dtype=np.int64)
-        targets[rows, asked] = bind_val[rows, answer]
-        loss_mask = np.zeros((B, N), dtype=bool)
-        loss_mask[rows, asked] = True
         src = bind_pos[rows, answer] + m  # (B, n) the answering binding's key
-        relevant = np.zeros((B, N), dtype=bool)
-        relevant[rows, src] = True
-        relevant[rows, src + 1] = True
-        source = empty_source(B, N)
-        source[rows, asked, 0] = src
-        source[rows, asked, 1] = src + 2
-        return make_batch(tokens, targets, loss_mask, relevant, source)
+        return make_batch(tokens, *answered_spans(B, N, asked, bind_val[rows, answer], src))
 
     def _offsets(self, rng: np.random.Generator, B: int, n: int) -> np.ndarray:
         """(B, n) start offsets inside one segment of n non-overlapping items of ``width`` tokens:

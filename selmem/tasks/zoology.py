@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from selmem.tasks.common import empty_source, random_subsets
+from selmem.tasks.common import answered_spans, random_subsets
 
 if TYPE_CHECKING:
     from selmem.tasks.mqar import MQARTask
@@ -112,11 +112,7 @@ def stream_rows(task: MQARTask, rng: np.random.Generator, B: int, n: int, segmen
         bind_pos[:, n:] = ctx + 2 * slots
 
     # noise, then the bindings and the queries over it
-    Z = K + V + task.noise_vocab
-    if task.noise == "shared":
-        tokens = 1 + rng.integers(0, Z, size=(B, N))
-    else:
-        tokens = 1 + K + V + rng.integers(0, task.noise_vocab, size=(B, N))
+    tokens = task.noise_rows(rng, B, N)
     is_noise = np.ones((B, N), dtype=bool)
     tokens[rows, bind_pos] = bind_key
     tokens[rows, bind_pos + 1] = val0 + bind_val
@@ -141,14 +137,4 @@ def stream_rows(task: MQARTask, rng: np.random.Generator, B: int, n: int, segmen
         wins = (bind_pos[:, rb] < query_pos[:, :r]) if later else (bind_pos[:, rb] > bind_pos[:, :r])
         answer[:, :r] = np.where(wins, rb[None, :], np.arange(r)[None, :])
     src = bind_pos[rows, answer]  # (B, n) key position of the answering binding
-    targets = np.zeros((B, N), dtype=np.int64)
-    targets[rows, query_pos] = val0 + bind_val[rows, answer]
-    loss_mask = np.zeros((B, N), dtype=bool)
-    loss_mask[rows, query_pos] = True
-    relevant = np.zeros((B, N), dtype=bool)
-    relevant[rows, src] = True
-    relevant[rows, src + 1] = True
-    source = empty_source(B, N)
-    source[rows, query_pos, 0] = src
-    source[rows, query_pos, 1] = src + 2
-    return tokens, targets, loss_mask, relevant, source
+    return (tokens, *answered_spans(B, N, query_pos, val0 + bind_val[rows, answer], src))
