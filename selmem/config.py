@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -368,4 +369,17 @@ class TrainConfig:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.resume and not self.name:
             raise ValueError("train.resume needs train.name: the run folder to continue")
+        _check_run_name(self.name)
         return self
+
+
+def _check_run_name(name: str) -> None:
+    """train.name is one folder name under train.out_dir: ``../x``, ``a/b`` or an absolute path
+    would put a run's record (and its checkpoints) outside out_dir, or inside another run."""
+    if not name:
+        return  # the default: <model>-<task>-<timestamp>
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    if (not name.strip() or name in (".", "..") or "\0" in name or any(s in name for s in separators)
+            or Path(name).is_absolute()):
+        raise ValueError(f"train.name must be a single folder name under train.out_dir (no path separator, "
+                         f"not '.' or '..', not absolute, not blank), got {name!r}")

@@ -220,3 +220,18 @@ def test_bad_choice_on_the_command_line_exits_2(capsys):
         main(["train", "--config", SMOKE, "--model.select", "sometimes"])
     assert exit_.value.code == 2
     assert "sometimes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../x", "../x", "a/b", "ABSOLUTE", "..", ".", "  ", "a\\b"],
+    ids=["up-two", "up-one", "nested", "absolute", "dotdot", "dot", "blank", "backslash"],
+)
+def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path, capsys, name):
+    """train.name is one folder under train.out_dir: '../../x' once wrote a run outside it."""
+    out = tmp_path / "a" / "b" / "runs"  # '../../x' would land in tmp_path/a/x
+    name = str(tmp_path / "elsewhere") if name == "ABSOLUTE" else name
+    assert main(train_args(out, name)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.name must be a single folder name" in err, err
+    assert list(tmp_path.rglob("*")) == [], "a run folder was written"
