@@ -141,6 +141,8 @@ class Trainer:
     task: Task
     device: torch.device
     world: dist.World = field(default_factory=dist.World)
+    lock: run.RunLock | None = None
+    """The run folder's lock (rank 0), held from ``create`` until ``fit`` ends."""
 
     @classmethod
     def create(cls, exp: ExperimentConfig) -> Trainer:
@@ -154,27 +156,46 @@ class Trainer:
             device = torch.device("cuda", world.local_rank)
             torch.cuda.set_device(device)
         default = f"{exp.arch}-{exp.task.name}"
-        run_dir = None
+        run_dir, lock = None, None
         if world.main:  # rank 0 owns the run folder; the others learn its path from it
-            run_dir = run.make_run_dir(tc.out_dir, tc.name, default, tc.resume)
-            if tc.resume:
-                _check_resumable(run_dir, exp)
-            print(f"run folder: {run_dir}" + ("" if tc.resume else f"  (continue it with --train.name "
-                  f"{run_dir.name} --train.resume)"), file=sys.stderr, flush=True)
-        run_dir = Path(dist.broadcast(str(run_dir), world))
-        seed_everything(tc.seed)  # every rank: the same initial weights and noise streams
-        model, task = build(exp)
-        if world.main:
-            run.write_command(run_dir)
-            exp.to_yaml(run_dir / "config.yaml")
-            (run_dir / "env.json").write_text(json.dumps({**run.environment(device), "world_size": world.size},
-                                                          indent=1))
-        model = model.to(device)
-        if tc.compile:
-            model.compile()  # compiles forward in place: forward_sequence's self(...) calls run compiled
-        return cls(exp, run_dir, model, task, device, world)
+            run_dir, lock = run.make_run_dir(tc.out_dir, tc.name, default, tc.resume, log=_note)
+        try:
+            if world.main:
+                if tc.resume:
+                    _check_resumable(run_dir, exp)
+                print(f"run folder: {run_dir}" + ("" if tc.resume else f"  (continue it with --train.name "
+                      f"{run_dir.name} --train.resume)"), file=sys.stderr, flush=True)
+            run_dir = Path(dist.broadcast(str(run_dir), world))
+            seed_everything(tc.seed)  # every rank: the same initial weights and noise streams
+            model, task = build(exp)
+            if world.main:
+                run.write_command(run_dir)
+                exp.to_yaml(run_dir / "config.yaml")
+                (run_dir / "env.json").write_text(json.dumps({**run.environment(device),
+                                                              "world_size": world.size}, indent=1))
+            model = model.to(device)
+            if tc.compile:
+                model.compile()  # compiles forward in place: forward_sequence's self(...) calls run compiled
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return cls(exp, run_dir, model, task, device, world, lock)
 
     def fit(self) -> dict[str, Any]:
+        """Train to train.steps (or the time budget), evaluating and checkpointing on the way;
+        results.json's content. The run folder's lock is released when it returns or raises."""
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Give up the run folder's lock (this trainer writes it no more)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         exp, tc, task, model = self.exp, self.exp.train, self.task, self.model
         opt = build_optimizer(model, tc)
         sched = build_scheduler(opt, tc)
@@ -333,6 +354,10 @@ def _extras(out: Any, batch: Batch, skipped: int) -> dict[str, float]:
         return {"skipped": skipped}
     return {**{f"aux/{k}": float(v.detach()) for k, v in out.losses.items()}, **memory_metrics(out.stats, batch),
             **({"skipped": skipped} if skipped else {})}
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _check_resumable(run_dir: Path, exp: ExperimentConfig) -> None:

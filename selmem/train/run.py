@@ -7,13 +7,16 @@ runs/<name>/
   metrics.jsonl   one JSON object per logged step / evaluation
   ckpt/last/      checkpoint for --resume;  ckpt/best/  best test metric so far
   results.json    final numbers
+  run.lock        held (fcntl.flock) by the one process writing the folder, with its pid
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -97,20 +100,93 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def make_run_dir(out_dir: str, name: str, default_name: str, resume: bool) -> Path:
-    """Create (or, when resuming, find) the run folder; never overwrite another run's record."""
+#: what a run writes in its folder: a folder holding anything else is not a run to reuse
+RECORD = {"command.txt", "config.yaml", "env.json", "metrics.jsonl", "metrics.jsonl.tmp", "ckpt", "results.json",
+          "run.lock"}
+
+
+class RunInUse(OSError):
+    """Another live process holds the run folder's lock."""
+
+
+class RunLock:
+    """An exclusive OS lock (``fcntl.flock``) on ``run/run.lock`` while this process writes the run
+    folder: a second writer (a copy of the same command, a resume of a live run) is refused by
+    name. The OS drops the lock when the process dies, however it dies, so a killed run never
+    leaves a folder that stays locked."""
+
+    def __init__(self, run: Path) -> None:
+        self.path = run / "run.lock"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunInUse(f"run folder {run} is in use by another process (pid {pid}); wait for it to "
+                               "end or pick another train.name") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # locked a file its holder removed on release: lock the one now in its place
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (removed first, while held: a process that opened
+        the old file meanwhile sees that it is gone, above). Safe to call twice."""
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+def has_checkpoint(ckpt: Path) -> bool:
+    """Whether ``ckpt/`` holds any checkpoint (``<tag>.tmp`` is a write that died unfinished)."""
+    return ckpt.is_dir() and any(not p.name.endswith(".tmp") for p in ckpt.iterdir())
+
+
+def make_run_dir(out_dir: str, name: str, default_name: str, resume: bool,
+                 log: Any = None) -> tuple[Path, RunLock]:
+    """Create (or, when resuming, find) the run folder and lock it (``RunLock``); never overwrite
+    another run's record. A folder of a run that stopped before its first checkpoint (it can be
+    neither resumed nor finished) is started afresh, its old metrics cleared, and ``log(message)``
+    says so."""
     run = Path(out_dir) / (name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    taken = FileExistsError(f"run folder {run} already exists; pick another train.name or pass "
+                            "--train.resume to continue it")
     if resume:
         from selmem.train.checkpoint import resumable
 
         if not resumable(run / "ckpt" / "last"):
             raise FileNotFoundError(f"cannot resume: no checkpoint at {run / 'ckpt' / 'last'}")
-        return run
-    if run.exists() and any(run.iterdir()):
-        raise FileExistsError(f"run folder {run} already exists; pick another train.name or pass "
-                              "--train.resume to continue it")
+        return run, RunLock(run)
+    if run.exists() and (not run.is_dir() or any(p.name not in RECORD for p in run.iterdir())):
+        raise taken  # not a run's folder: leave it as it is, not even a lock file in it
     run.mkdir(parents=True, exist_ok=True)
-    return run
+    lock = RunLock(run)
+    try:  # under the lock: the folder's writer, if any, has ended
+        if (run / "results.json").exists() or has_checkpoint(run / "ckpt"):
+            raise taken
+        old = [p for p in run.iterdir() if p.name != "run.lock"]
+        if old:
+            for p in old:  # config.yaml and env.json are rewritten; command.txt keeps both starts
+                if p.name == "ckpt":
+                    shutil.rmtree(p)  # unfinished writes only (has_checkpoint)
+                elif p.name.startswith("metrics.jsonl"):
+                    p.unlink()
+            if log:
+                log(f"run folder {run} holds no checkpoint (its run stopped before the first one): "
+                    "starting it afresh, its old metrics.jsonl cleared")
+    except BaseException:
+        lock.release()
+        raise
+    return run, lock
 
 
 def write_command(run: Path) -> None:
