@@ -351,13 +351,15 @@ class ExportArgs:
     """Folder to write; load it with AutoModelForCausalLM.from_pretrained after `import selmem.hf`."""
     ckpt: str = "best"
     """Which checkpoint: best or last."""
+    force: bool = False
+    """Write over a folder that is not empty (never a run folder, nor inside a run's ckpt/)."""
 
 
 def cmd_export(args: list[str]) -> int:
     a = tyro.cli(ExportArgs, args=args, prog="selmem export")
     from selmem.hf import export_run
 
-    path = export_run(a.run, a.out, a.ckpt)
+    path = export_run(a.run, a.out, a.ckpt, a.force)
     print(f"wrote {path} (config.json, model.safetensors)")
     return 0
 

@@ -133,16 +133,36 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
         return model_kwargs
 
 
-def export_run(run: str | Path, out: str | Path, ckpt: str = "best") -> Path:
+def export_run(run: str | Path, out: str | Path, ckpt: str = "best", force: bool = False) -> Path:
     """Write a ``selmem train`` run's checkpoint as a Hugging Face folder at ``out``: the model's
-    weights without the train-time probe, its config, and the run's segment length."""
+    weights without the train-time probe, its config, and the run's segment length. ``out`` must
+    be empty or new (``force``: write over what is there), and never a run folder or a folder
+    inside a run's ``ckpt/``, whose model.safetensors the export would replace."""
     from selmem.cli import load_selmem_run
 
+    check_export_destination(Path(out), force)
     exp, model = load_selmem_run(str(run), ckpt)
     hf = SelmemForCausalLM(SelmemHFConfig.from_selmem(model.cfg, segment_len=exp.segment_len()))
     hf.model.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(TRAIN_ONLY)})
     hf.save_pretrained(out)
     return Path(out)
+
+
+def check_export_destination(out: Path, force: bool) -> None:
+    """Raise naming ``out`` when an export there would overwrite a run's record (always) or
+    files that are there already (unless ``force``)."""
+    full = out.resolve()
+    for folder in (full, *full.parents):
+        is_run = (folder / "config.yaml").is_file() and (folder / "ckpt").is_dir()
+        if is_run and folder == full:
+            raise FileExistsError(f"{out} is a run folder: export writes its own config.json and "
+                                  "model.safetensors, so give it a folder of its own (e.g. RUN-hf)")
+        if is_run and full.is_relative_to(folder / "ckpt"):
+            raise FileExistsError(f"{out} is inside the run's checkpoints ({folder / 'ckpt'}), whose "
+                                  "model.safetensors the export would replace: give it a folder outside ckpt/")
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not empty; pick a new folder or pass --force "
+                              "to write over it")
 
 
 AutoConfig.register("selmem", SelmemHFConfig, exist_ok=True)

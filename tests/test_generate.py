@@ -52,6 +52,42 @@ def test_export_gives_the_runs_logits(run, tmp_path, capsys):
     assert not any(k.startswith("model.probe.") for k in hf.state_dict())
 
 
+def files(folder):
+    """path -> bytes of every file under ``folder``."""
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
+@pytest.mark.parametrize("dest", ["ckpt/last", "ckpt/best", "ckpt/best/hf", "ckpt", "."],
+                         ids=["ckpt-last", "ckpt-best", "inside-ckpt-best", "ckpt", "the-run"])
+def test_export_never_writes_into_a_run_folder_or_its_checkpoints(run, capsys, dest, force):
+    """`export runs/X runs/X/ckpt/last` replaced the checkpoint's model.safetensors, and
+    `export RUN RUN` wrote Hugging Face files into the run's record; --force does not allow it."""
+    pytest.importorskip("transformers")
+    before = files(run)
+    capsys.readouterr()
+    assert main(["export", str(run), str(run / dest), *force]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(run / dest) in err and ("run folder" in err or "ckpt" in err), err
+    assert files(run) == before
+
+
+def test_export_refuses_a_folder_that_is_not_empty_unless_forced(run, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("someone's")
+    capsys.readouterr()
+    assert main(["export", str(run), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} already exists and is not empty" in err and "--force" in err, err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert main(["export", str(run), str(out), "--force"]) == 0
+    assert {"config.json", "model.safetensors", "notes.txt"} <= {p.name for p in out.iterdir()}
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(run), str(tmp_path / "empty")]) == 0  # an empty folder needs no --force
+
+
 def test_pick():
     logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, -1.0]])
     assert pick(logits, 0.0, 0, None).flatten().tolist() == [1, 0]
