@@ -138,9 +138,17 @@ def global_loss(loss: Tensor, right: Tensor | int, n: int, world: World) -> tupl
 
 
 def mean_over_ranks(rec: dict[str, float], world: World) -> dict[str, float]:
-    """Each logged diagnostic averaged over the ranks (their keys agree: same model and task)."""
+    """Each logged diagnostic averaged over the ranks where it is defined: sum of the values /
+    number of ranks that have the key. The ranks' keys can differ: ``memory_metrics`` leaves out
+    a 0/0, e.g. read_hit_rate on a shard with no scored answer (issue 27: an all_reduce over
+    lists of different lengths aborted gloo at step 18). So every rank first learns the union of
+    the keys, then all ranks reduce one (K, 2) tensor of (value, 1), or (0, 0) where the key is
+    undefined here; a key defined on no rank is in no record, so it stays out."""
     if not world.distributed:
         return rec
-    keys = sorted(rec)
-    v = all_sum(torch.tensor([float(rec[k]) for k in keys], dtype=torch.float64), world) / world.size
-    return dict(zip(keys, v.tolist(), strict=True))
+    key_sets: list[list[str] | None] = [None] * world.size
+    dist.all_gather_object(key_sets, sorted(rec))
+    keys = sorted(set().union(*key_sets))  # same order on every rank
+    v = torch.tensor([[float(rec[k]), 1.0] if k in rec else [0.0, 0.0] for k in keys], dtype=torch.float64)
+    total, count = all_sum(v, world).unbind(1)  # (K,) each; count >= 1: some rank has each key
+    return dict(zip(keys, (total / count).tolist(), strict=True))
