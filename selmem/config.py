@@ -26,6 +26,7 @@ Address = Literal["attention", "fifo", "random"]
 CacheTransform = Literal["transformer", "none"]
 Sparsity = Literal["target", "l1", "budget"]
 CreditGrad = Literal["trunk", "head"]
+GateGrad = Literal["task", "teacher"]
 ProbeTarget = Literal["auto", "sum", "max"]
 Credit = Literal["none", "read", "probe"]
 AddressWeights = Literal["softmax", "sparsemax", "top1"]
@@ -158,6 +159,13 @@ class SelmemConfig:
     into the layer's features too; 'head' = into head B's own weights only (its score is taken
     again on the detached features), so a teacher of what to keep cannot reshape what the blocks
     compute for the task. The task's gradient through the gates reaches the trunk either way."""
+    gate_grad: GateGrad = "task"
+    """What trains head B's score: 'task' = its teacher (credit), the sparsity loss and the task
+    loss through the gates it writes with; 'teacher' = the teacher and the sparsity loss only (the
+    write uses the gate's value, detached). The task then shapes what is written, not what is
+    selected: on the marked overwrite preset the task's pull opened layer 0's gates on noise late
+    in training, against its teacher, and the oldest facts were evicted (docs/FINDINGS.md 12).
+    Needs a teacher (credit != 'none')."""
     probe_target: ProbeTarget = "auto"
     """How the probe's retrieval attention at the answers becomes head B's target per token:
     'sum' = min(1, sum over answers) (a token retrieved by many answers, or a little by each of
@@ -207,6 +215,10 @@ class SelmemConfig:
                      "age_weight", "lambda_credit", "probe_layers", "lambda_read"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.gate_grad == "teacher" and (self.credit == "none" or self.lambda_credit == 0):
+            raise ValueError("gate_grad='teacher' trains head B from its teacher only, so it needs "
+                             f"credit 'read' or 'probe' and lambda_credit > 0 (got credit={self.credit!r}, "
+                             f"lambda_credit={self.lambda_credit})")
         return self
 
     def state_floats(self) -> int:
@@ -265,15 +277,50 @@ def _check_literal(name: str, value: Any, hint: Any) -> None:
         raise ValueError(f"{name} must be one of {list(typing.get_args(hint))}, got {value!r}")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(f"key {key!r} is given twice in one mapping (lines {first} and {again}); "
+                         "YAML would keep the last one silently: delete one")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load's loader (SafeConstructor: plain data only, nothing runs) that refuses a key
+    given twice in one mapping, where PyYAML keeps the last value without a word
+    (``slots: 4`` ... ``slots: 8``). Merge keys (``<<: *base``) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load(text: str) -> Any:
+    """yaml.safe_load with _StrictLoader: what safe_load does, with this loader in its place."""
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with an error that names the file when it is not one."""
+    """Read a YAML mapping, with an error that names the file when it is not one or when a key
+    is given twice."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _safe_load(path.read_text())
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file") from None
+    except _DuplicateKey as e:
+        raise ValueError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from selmem import SelectiveMemoryTransformer, SelmemConfig
+from selmem.config import load_yaml
+from selmem.experiment import ExperimentConfig
 from tests.helpers import tiny_cfg
 
 LITERAL_FIELDS = [
@@ -36,6 +38,7 @@ def test_every_option_field_is_checked():
         "attention",
         "writes",
         "credit_grad",
+        "gate_grad",
         "probe_target",
         "read_query",
         "write_new",
@@ -132,3 +135,21 @@ def test_empty_yaml_is_an_error_not_the_defaults(tmp_path, text):
 def test_state_floats_matches_state(overrides):
     model = SelectiveMemoryTransformer(tiny_cfg(**overrides))
     assert model.state_size() == model.cfg.state_floats() == model.init_state(3).num_floats()
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("model:\n  slots: 4\n  d_mem: 16\n  slots: 8\n", "slots", (2, 4)),
+    ("train:\n  steps: 4\ntrain:\n  steps: 8\n", "train", (1, 3)),
+    ("model: {slots: 4, slots: 8}\n", "slots", (1, 1)),
+], ids=["nested", "top-level", "flow"])
+def test_a_key_given_twice_is_named_with_its_lines(tmp_path, text, key, lines):
+    """YAML keeps the last of two equal keys without a word: `slots: 4` then `slots: 8` ran with 8."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ValueError, match=rf"c\.yaml: key '{key}' is given twice in one mapping "
+                                         rf"\(lines {lines[0]} and {lines[1]}\)"):
+        ExperimentConfig.from_yaml(tmp_path / "c.yaml")
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    (tmp_path / "c.yaml").write_text("base: &b {slots: 4, d_mem: 16}\nmodel:\n  <<: *b\n  slots: 8\n")
+    assert load_yaml(tmp_path / "c.yaml")["model"] == {"slots": 8, "d_mem": 16}

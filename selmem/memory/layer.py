@@ -81,7 +81,8 @@ def write(parts: Parts, cfg: SelmemConfig, y: Tensor, slots: Tensor, usage: Tens
     g, score = parts.select(y, valid)  # head B: (B, T)
     if cfg.credit_grad == "head" and parts.select.score is not None:  # the teachers' score: head B's weights only
         score = parts.select.score(y.detach()).squeeze(-1)
-    cand = parts.compress(y, g)  # (B, C, d_mem) candidates
+    # gate_grad='teacher': the write uses the gate's value, and head B learns from its teacher only
+    cand = parts.compress(y, g.detach() if cfg.gate_grad == "teacher" else g)  # (B, C, d_mem) candidates
     if cfg.select == "topk":  # the write budget holds on candidates too (attnpool spreads tokens)
         cand = cand._replace(gate=budget(cand.gate, cfg.topk))
     cand_pos = pos.gather(1, cand.position)  # (B, C)

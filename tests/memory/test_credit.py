@@ -154,6 +154,43 @@ def test_credit_grad_head_keeps_the_teacher_out_of_the_trunk():
     assert grads["head"][1].abs().sum() > 0  # head B still learns from it
 
 
+@pytest.mark.parametrize("writes", ["batched", "per_layer"])
+def test_gate_grad_teacher_keeps_the_task_out_of_head_b(writes):
+    """gate_grad='teacher': the task's loss sends no gradient into head B's score (the write uses
+    the gate's value), its teacher still does, and the task still trains the rest of the layer;
+    with 'task' (the default) the task's loss reaches head B too."""
+    import torch.nn.functional as F
+
+    from selmem.config import SelmemConfig
+    from selmem.model import SelectiveMemoryTransformer
+
+    grads = {}
+    for how in ("task", "teacher"):
+        torch.manual_seed(0)
+        cfg = SelmemConfig(vocab_size=20, d_model=16, n_heads=2, n_layers=2, slots=4, d_mem=8,
+                           max_segment_len=8, gate_grad=how, writes=writes)
+        model = SelectiveMemoryTransformer(cfg)
+        tokens = torch.randint(1, 20, (2, 24), generator=torch.Generator().manual_seed(1))
+        answers = torch.zeros(2, 24, dtype=torch.bool)
+        answers[:, -2:] = True
+        out = model.forward_sequence(tokens, 8, answer_mask=answers, answer_targets=tokens)
+        head, compress = model.select[0].score[0].weight, model.compress[0].proj.weight
+        task = F.cross_entropy(out.logits[:, -4:].flatten(0, 1), tokens[:, -4:].flatten())
+        grads[how] = torch.autograd.grad(task, [head, compress], allow_unused=True, retain_graph=True)
+        grads[how + "/credit"] = torch.autograd.grad(out.losses["credit"], head)[0]
+    assert grads["task"][0].abs().sum() > 0
+    assert grads["teacher"][0] is None or grads["teacher"][0].abs().sum() == 0
+    assert grads["teacher"][1].abs().sum() > 0  # what is written still learns from the task
+    assert grads["teacher/credit"].abs().sum() > 0
+
+
+def test_gate_grad_teacher_needs_a_teacher():
+    from selmem.config import SelmemConfig
+
+    with pytest.raises(ValueError, match="gate_grad='teacher'.*credit"):
+        SelmemConfig(gate_grad="teacher", credit="none").validate()
+
+
 def test_probe_target_sum_and_max_agree_where_each_token_serves_one_answer():
     """'sum' clamps the answers' summed attention at 1, 'max' takes the largest single answer's:
     equal when each token is retrieved by at most one answer (one answer per row here), apart
