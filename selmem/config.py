@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -252,7 +253,7 @@ def _hint(cls: type, name: str) -> Any:
 
 def check_field_types(obj: Any, prefix: str = "") -> None:
     """Raise ValueError naming a field of plain type (int, float, bool, str) that holds another
-    type, as YAML produces when it reads ``1e-3`` as text."""
+    type, as YAML produces when it reads ``1e-3`` as text, or a float field holding NaN or inf."""
     for f in fields(obj):
         value, hint = getattr(obj, f.name), _hint(type(obj), f.name)
         if hint not in (int, float, bool, str):
@@ -262,6 +263,8 @@ def check_field_types(obj: Any, prefix: str = "") -> None:
             tip = ("; YAML reads 1e-3 as text: write 1.0e-3" if isinstance(value, str)
                    and hint in (int, float) and _looks_numeric(value) else "")
             raise ValueError(f"{prefix}{f.name} must be {hint.__name__}, got {value!r}{tip}")
+        if hint is float and not math.isfinite(value):  # YAML's .nan and .inf pass every < or > check
+            raise ValueError(f"{prefix}{f.name} must be a finite number, got {value!r}")
 
 
 def _looks_numeric(text: str) -> bool:
