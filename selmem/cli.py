@@ -319,16 +319,23 @@ def cmd_generate(args: list[str]) -> int:
 
     from selmem.generate import encode_prompt, stream
 
+    from selmem.train.loop import resolve_device
+
     a = tyro.cli(GenerateArgs, args=args, prog="selmem generate")
-    exp, model = load_selmem_run(a.run, a.ckpt)
     if a.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    if not a.temperature >= 0 or a.temperature == float("inf"):  # NaN fails >= too
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {a.temperature}")
+    if a.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0 = all tokens), got {a.top_k}")
+    device = resolve_device(a.device, "--device")
+    exp, model = load_selmem_run(a.run, a.ckpt)
     torch.set_num_threads(exp.train.threads or torch.get_num_threads())
     prompt = encode_prompt(a.prompt, model.cfg.vocab_size)
     if not a.quiet:
         sys.stdout.write(a.prompt if model.cfg.vocab_size == 256 else a.prompt + " ")
     out = _Discard() if a.quiet else sys.stdout
-    stream(model.to(a.device), prompt, a.max_new_tokens, a.temperature, a.top_k, a.seed, exp.segment_len(),
+    stream(model.to(device), prompt, a.max_new_tokens, a.temperature, a.top_k, a.seed, exp.segment_len(),
            out=out, stats=sys.stderr if a.stats else None)
     return 0
 

@@ -52,6 +52,9 @@ class ExperimentConfig:
         seg = self.segment_len()
         if seg > self.model.max_segment_len:
             raise ValueError(f"segment length {seg} exceeds model.max_segment_len={self.model.max_segment_len}")
+        if self.arch == "selmem" and self.model.select == "topk" and self.model.topk > seg:
+            raise ValueError(f"model.topk={self.model.topk} exceeds the segment length {seg}: select='topk' "
+                             "writes k of a segment's tokens, so k must be <= the segment length")
         return self
 
     def segment_len(self) -> int:

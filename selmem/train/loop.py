@@ -34,15 +34,17 @@ from selmem.train.progress import Progress
 from selmem.train.seed import rng_state, seed_everything, set_rng_state
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "train.device") -> torch.device:
+    """The device ``name`` ('auto', 'cpu', 'cuda', 'cuda:N'), or a ValueError naming ``field``
+    (the config field or flag it came from) when it is none or is not here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"train.device={name!r} is not a device ({e}); use 'auto', 'cpu' or 'cuda:N'") from None
+        raise ValueError(f"{field}={name!r} is not a device ({e}); use 'auto', 'cpu' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
+        raise ValueError(f"{field}={name!r} but CUDA is not available; use 'cpu' or 'auto'")
     return device
 
 
@@ -308,8 +310,12 @@ class Trainer:
             if world.distributed:  # a fault of one rank's forward stops every rank's step
                 fault = dist.any_fault(fault, step + 1, world)
         if fault is not None and tc.nonfinite == "stop":
-            raise FloatingPointError(f"{fault}. The last good checkpoint is intact in {self.run_dir / 'ckpt'}; "
-                                     "lower train.lr, raise train.grad_clip, or set train.nonfinite=skip")
+            last = self.run_dir / "ckpt" / "last"
+            kept = (f"The last good checkpoint is intact in {last} (--train.resume continues from it)"
+                    if checkpoint.resumable(last) else
+                    f"No checkpoint was written before it: the run folder {self.run_dir} starts afresh")
+            raise FloatingPointError(f"{fault}. {kept}; lower train.lr, raise train.grad_clip, or set "
+                                     "train.nonfinite=skip")
         if fault is None:
             opt.step()
         opt.zero_grad(set_to_none=True)
