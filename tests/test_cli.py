@@ -163,6 +163,14 @@ def test_train_help_lists_nested_fields(capsys):
         pytest.param(
             {}, ["--train.device", "gpu0"], r"train\.device='gpu0' is not a device", id="bad-device"
         ),
+        pytest.param(
+            {"train": {"lr": float("nan")}}, [], r"exp\.yaml: train\.lr must be a finite number, got nan",
+            id="nan-lr",
+        ),
+        pytest.param(
+            {"model": {"select": "topk", "topk": 100}}, [],
+            r"model\.topk=100 exceeds the segment length 8", id="topk>segment",
+        ),
     ],
 )
 def test_train_errors_exit_2_before_training(tmp_path, capsys, yaml_edit, argv, match):

@@ -3,6 +3,8 @@ chain, and the exported Hugging Face folder gives the run's logits."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -50,6 +52,23 @@ def test_export_gives_the_runs_logits(run, tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(model.forward_sequence(x, exp.segment_len()).logits, hf(x).logits)
     assert not any(k.startswith("model.probe.") for k in hf.state_dict())
+
+
+@pytest.mark.parametrize("argv, match", [
+    pytest.param(["--temperature", "-1"], r"--temperature must be a finite number >= 0", id="negative-temperature"),
+    pytest.param(["--temperature", "nan"], r"--temperature must be a finite number >= 0", id="nan-temperature"),
+    pytest.param(["--top-k", "-5"], r"--top-k must be >= 0", id="negative-top-k"),
+    pytest.param(["--device", "cuda"], r"--device='cuda' but CUDA is not available", id="no-cuda",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_generate_refuses_bad_options_by_flag(run, capsys, argv, match):
+    """--temperature -1 and --top-k -5 were accepted silently; --device cuda without CUDA was an
+    'internal error (AssertionError ...)' from inside torch."""
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "1 2", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert captured.err.startswith("selmem generate: error: ") and re.search(match, captured.err), captured.err
 
 
 def files(folder):

@@ -313,7 +313,8 @@ class Trainer:
             last = self.run_dir / "ckpt" / "last"
             kept = (f"The last good checkpoint is intact in {last} (--train.resume continues from it)"
                     if checkpoint.resumable(last) else
-                    f"No checkpoint was written before it: the run folder {self.run_dir} starts afresh")
+                    f"No checkpoint was written before it (the same command starts the run afresh in "
+                    f"{self.run_dir})")
             raise FloatingPointError(f"{fault}. {kept}; lower train.lr, raise train.grad_clip, or set "
                                      "train.nonfinite=skip")
         if fault is None:

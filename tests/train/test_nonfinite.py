@@ -101,6 +101,18 @@ def test_a_fault_stops_the_run_with_step_and_layer_and_keeps_the_checkpoint(tmp_
         assert all(torch.equal(weights[k], v) for k, v in t.model.state_dict().items())
 
 
+def test_a_fault_before_the_first_checkpoint_says_there_is_none(tmp_path, monkeypatch):
+    """The stop once said 'The last good checkpoint is intact' when none had been written."""
+    t = trainer(tmp_path, ckpt_every=0)  # the first checkpoint would be at step 6
+    at_fault_step(monkeypatch, poison_gradient(t))
+    with pytest.raises(FloatingPointError, match=rf"non-finite gradient at step {FAULT_AT}") as err:
+        t.fit()
+    assert "intact" not in str(err.value) and "No checkpoint was written before it" in str(err.value)
+    assert not (t.run_dir / "ckpt").exists()
+    monkeypatch.undo()
+    assert trainer(tmp_path, ckpt_every=0).fit()["steps"] == 6  # and the run starts afresh, as it says
+
+
 def test_skip_goes_on_without_the_faulty_step(tmp_path, monkeypatch):
     t = trainer(tmp_path, nonfinite="skip", ckpt_every=0)
     before, after = {}, {}
