@@ -318,7 +318,6 @@ def cmd_generate(args: list[str]) -> int:
     import torch
 
     from selmem.generate import encode_prompt, stream
-
     from selmem.train.loop import resolve_device
 
     a = tyro.cli(GenerateArgs, args=args, prog="selmem generate")

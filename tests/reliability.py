@@ -30,6 +30,12 @@ def examples(fn: Callable) -> int:
     return fn._hypothesis_internal_use_settings.max_examples * cases(fn)
 
 
+def ids(fn: Callable, arg: str) -> list[str]:
+    """The ids of one parametrize mark of a test function (the one over ``arg``)."""
+    mark = next(m for m in fn.pytestmark if m.name == "parametrize" and m.args[0].split(",")[0].strip() == arg)
+    return [getattr(p, "id", None) or str(p) for p in mark.kwargs.get("ids") or mark.args[1]]
+
+
 def ref(module, fn: Callable) -> str:
     path = Path(module.__file__).relative_to(ROOT)
     return f"`{path}::{fn.__name__}`"
@@ -38,11 +44,14 @@ def ref(module, fn: Callable) -> str:
 def rows() -> list[tuple[str, str, str]]:
     from tests import test_bad_files as bad
     from tests import test_cli as cli
+    from tests import test_config as config
+    from tests import test_generate as gen
     from tests import test_security as sec
     from tests.train import test_crash as crash
     from tests.train import test_loop as loop
     from tests.train import test_nonfinite as nan
     from tests.train import test_progress as prog
+    from tests.train import test_run as rundir
 
     with tempfile.TemporaryDirectory() as tmp:
         points = crash.kill_points(Path(tmp))
@@ -101,6 +110,49 @@ def rows() -> list[tuple[str, str, str]]:
          + f", {ref(loop, loop.test_resume_continues_exactly)}",
          "a fake terminal and a plain stream; a run crashed between evaluations resumes from its ckpt-every "
          "checkpoint to the same metrics"),
+        ("A run name is one folder under train.out_dir: a path separator, '.', '..', an absolute or a blank "
+         "name is refused in one line naming train.name, before anything is written",
+         ref(cli, cli.test_a_run_name_that_is_not_one_folder_name_is_refused),
+         f"{cases(cli.test_a_run_name_that_is_not_one_folder_name_is_refused)} names: "
+         + ", ".join(ids(cli.test_a_run_name_that_is_not_one_folder_name_is_refused, "name"))),
+        ("A run killed before its first checkpoint (neither resumable nor restartable before) starts afresh in "
+         "its folder, its old metrics cleared, and says so; a folder holding files a run does not write is "
+         "still refused",
+         f"{ref(rundir, rundir.test_a_run_killed_before_its_first_checkpoint_starts_afresh_in_its_folder)}, "
+         f"{ref(rundir, rundir.test_a_folder_that_is_not_a_run_without_checkpoint_is_still_refused)}",
+         "a run killed at step 3 of 4 with a half-written ckpt/last.tmp: resume is refused, a fresh start "
+         "gives the metrics.jsonl and test result of a clean run"),
+        ("One writer per run folder: an OS lock (fcntl.flock on run.lock) refuses a second process by name "
+         "and pid, and is released when its process dies, however it dies",
+         f"{ref(rundir, rundir.test_two_processes_on_one_run_name_one_trains_the_other_is_refused)}, "
+         f"{ref(rundir, rundir.test_a_run_folder_held_by_a_lock_is_refused_by_name)}, "
+         f"{ref(rundir, rundir.test_the_lock_goes_with_a_killed_process)}",
+         "two processes released together through a file gate on one name: exactly one trains, the other "
+         "exits 2 naming the winner's pid, the survivor's metrics.jsonl has a clean run's line count; a "
+         "SIGKILLed holder frees the folder"),
+        ("`selmem export` refuses a folder that is not empty unless --force, and never writes into a run "
+         "folder or its ckpt/, even with --force",
+         f"{ref(gen, gen.test_export_never_writes_into_a_run_folder_or_its_checkpoints)}, "
+         f"{ref(gen, gen.test_export_refuses_a_folder_that_is_not_empty_unless_forced)}",
+         f"{cases(gen.test_export_never_writes_into_a_run_folder_or_its_checkpoints)} cases ("
+         + ", ".join(ids(gen.test_export_never_writes_into_a_run_folder_or_its_checkpoints, "dest"))
+         + " x with and without --force), every file of the run unchanged; a non-empty folder, then --force"),
+        ("A YAML key given twice in one mapping is an error naming the file, the key and both lines",
+         f"{ref(config, config.test_a_key_given_twice_is_named_with_its_lines)}, "
+         f"{ref(config, config.test_a_merge_key_may_still_be_overridden)}",
+         f"{cases(config.test_a_key_given_twice_is_named_with_its_lines)} files ("
+         + ", ".join(ids(config.test_a_key_given_twice_is_named_with_its_lines, "text"))
+         + "); a merge key (<<: *base) may still be overridden"),
+        ("Options are checked at the boundary, naming the field or flag: NaN/inf in a float field, "
+         "model.topk above the segment, generate's --temperature, --top-k and --device; a numerical stop "
+         "before any checkpoint says there is none",
+         f"{ref(cli, cli.test_train_errors_exit_2_before_training)} (`nan-lr`, `topk>segment`), "
+         f"{ref(gen, gen.test_generate_refuses_bad_options_by_flag)}, "
+         f"{ref(nan, nan.test_a_fault_before_the_first_checkpoint_says_there_is_none)}",
+         f"{cases(gen.test_generate_refuses_bad_options_by_flag)} generate options ("
+         + ", ".join(ids(gen.test_generate_refuses_bad_options_by_flag, "argv"))
+         + "; no-cuda is skipped where CUDA is available), an inf gradient at step "
+         f"{nan.FAULT_AT} with the first checkpoint at step 6"),
         ("Security: safetensors, JSON and YAML safe_load only; nothing unpickles or runs file content",
          ref(sec, sec.test_no_unsafe_loading_or_execution),
          "every .py file under selmem/ scanned (a per-file count would go stale with each new module); "
