@@ -1,7 +1,7 @@
 """Multi-process training: what a rank needs to know, and the few collectives the loop uses.
 
 ``torchrun --nproc_per_node=N -m selmem train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; ``init``
-reads them and joins the process group (gloo on CPU, nccl on CUDA). Without them everything here
+reads them and joins the process group (gloo on CPU; on CUDA nccl for device tensors, gloo for the host-side ones). Without them everything here
 is a no-op on a world of one, so the single-process loop runs exactly as before.
 
 The split of work (loop.py): every rank builds the same global batch from the task's stream
@@ -49,7 +49,9 @@ def init(device_type: str) -> World:
         return World()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # on CUDA the loop's small host-side reductions (all_sum, mean_over_ranks) are CPU tensors,
+        # which NCCL refuses: gloo takes those, NCCL the gradients
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
     return World(rank, size, local)
 
 
