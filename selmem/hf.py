@@ -9,20 +9,29 @@
 ``selmem.DecodeCache``: the memory state and the open segment's keys, values and features
 (decode.py); the memory is written whenever a segment fills, exactly as in ``forward``. Like
 Mamba's, the model is stateful: greedy and sampled search work, beam search and assisted
-decoding (which reorder or rewind a cache) do not. The train-time credit probe is not part of
-it (``credit`` is set to 'none'; forward never used the probe).
+decoding (which reorder or rewind a cache) do not.
+
+Fine-tuning: in training mode, ``forward(input_ids, labels=labels)`` returns as ``loss`` what
+``selmem train`` optimises, the cross-entropy at the labelled positions plus the model's
+auxiliary losses and head B's teacher (``credit``, the train-time probe), so ``Trainer`` trains
+selection. The config is flat as HF configs are: ``AutoConfig.for_model("selmem",
+vocab_size=1000, hidden_size=64, slots=32)`` takes HF's standard names and every SelmemConfig
+field, and what config.json says (``credit`` included) is what the model runs.
 
 ``selmem export RUN OUT`` converts a ``selmem train`` checkpoint to this format.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 try:
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+    from transformers import (AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedConfig,
+                              PreTrainedModel)
     from transformers.utils import ModelOutput
 except ImportError as e:  # pragma: no cover - the hf extra is installed for the tests
     raise ImportError("selmem.hf needs transformers: pip install 'selmem[hf]'") from e
@@ -37,8 +46,35 @@ from selmem.model import SelectiveMemoryTransformer
 from selmem.train.checkpoint import TRAIN_ONLY
 
 
+# HF's standard names for the four sizes every config has, and the SelmemConfig fields they are
+FLAT = {"vocab_size": "vocab_size", "hidden_size": "d_model", "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads"}
+SELMEM_FIELDS = frozenset(f.name for f in dataclasses.fields(SelmemConfig))
+
+
+@functools.cache
+def hf_standard_kwargs() -> frozenset[str]:
+    """The keyword arguments PreTrainedConfig itself takes or writes into config.json: its fields,
+    what its __post_init__ consumes, the generation parameters it drops, the Auto classes'
+    bookkeeping."""
+    base = {f.name for f in dataclasses.fields(PreTrainedConfig)} | set(PreTrainedConfig().to_dict())
+    consumed = {"torch_dtype", "num_labels", "name_or_path", "_name_or_path", "_commit_hash", "output_attentions",
+                "attn_implementation", "experts_implementation", "per_layer_config", "rope_scaling", "rope_theta",
+                "_attn_implementation_internal", "_experts_implementation_internal", "_from_auto", "_from_pipeline",
+                "pad_token_id", "bos_token_id", "eos_token_id"}
+    return frozenset(base | consumed | set(GenerationConfig._get_default_generation_params()))
+
+
 class SelmemHFConfig(PreTrainedConfig):
-    """A SelmemConfig (``selmem``, its fields as a dict) and the segment length to stream with."""
+    """A SelmemConfig (``selmem``, its fields as a dict) and the segment length to stream with.
+
+    Flat, as HF configs are: every SelmemConfig field is also a keyword argument and an attribute
+    (``config.slots``, ``config.credit``), and so are HF's standard names ``vocab_size``,
+    ``hidden_size`` (d_model), ``num_hidden_layers`` (n_layers) and ``num_attention_heads``
+    (n_heads). Keyword arguments override the ``selmem`` dict; any other keyword that is not one
+    of PreTrainedConfig's own is refused by name. After construction ``selmem`` holds every field,
+    validated, so config.json records exactly the model that runs (the probe included:
+    ``credit='probe'`` builds it, and Trainer trains it, see SelmemForCausalLM)."""
 
     model_type = "selmem"
     selmem: dict | None = None
@@ -47,22 +83,61 @@ class SelmemHFConfig(PreTrainedConfig):
     """Segment length T for forward and decoding; 0 = max_segment_len."""
     tie_word_embeddings: bool = False
 
+    def __post_init__(self, **kwargs: Any) -> None:
+        fields = dict(self.selmem or {})
+        given: dict[str, tuple[str, Any]] = {}  # selmem field -> (the name it came as, value)
+        for name in [k for k in kwargs if k in FLAT or k in SELMEM_FIELDS]:
+            field, value = FLAT.get(name, name), kwargs.pop(name)
+            if field in given and given[field][1] != value:
+                raise ValueError(f"SelmemHFConfig got {given[field][0]}={given[field][1]!r} and {name}={value!r}, "
+                                 f"two names for SelmemConfig.{field}; pass one")
+            given[field] = (name, value)
+        unknown = sorted(k for k in kwargs if k not in hf_standard_kwargs())
+        if unknown:
+            raise ValueError(f"SelmemHFConfig got unknown argument(s) {unknown}: pass SelmemConfig fields, "
+                             f"{sorted(FLAT)} or PreTrainedConfig's own arguments")
+        fields.update({field: value for field, (_, value) in given.items()})
+        self.selmem = SelmemConfig.from_dict(fields).to_dict()  # raises naming a bad field or value
+        super().__post_init__(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # only for names not found otherwise: the flat fields
+        field = FLAT.get(name, name)
+        fields = self.__dict__.get("selmem")
+        if field in SELMEM_FIELDS and fields is not None and field in fields:
+            return fields[field]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        field = FLAT.get(name, name)
+        if field in SELMEM_FIELDS and self.__dict__.get("selmem") is not None:
+            # checked when the model is built (selmem_config): several fields may change in turn
+            self.__dict__["selmem"] = {**self.__dict__["selmem"], field: value}
+            return
+        super().__setattr__(name, value)
+
     @classmethod
     def from_selmem(cls, cfg: SelmemConfig, segment_len: int = 0, **kwargs: Any) -> SelmemHFConfig:
-        return cls(selmem=cfg.to_dict(), segment_len=segment_len, vocab_size=cfg.vocab_size, **kwargs)
+        return cls(selmem=cfg.to_dict(), segment_len=segment_len, **kwargs)
 
     def selmem_config(self) -> SelmemConfig:
-        """The model's SelmemConfig, without the train-time credit probe."""
-        return SelmemConfig.from_dict({**(self.selmem or {}), "credit": "none"}).validate()
+        """The model's SelmemConfig, exactly as config.json records it."""
+        return SelmemConfig.from_dict(self.selmem or {}).validate()
 
 
 @dataclass
 class SelmemCausalLMOutput(ModelOutput):
-    """loss (), logits (B, t, V), and the cache after the tokens when decoding (else None)."""
+    """loss (), logits (B, t, V), and the cache after the tokens when decoding (else None).
+
+    In training mode with ``labels``, ``loss = ce + aux`` and both parts are set (log them with
+    ``.item()``): ce () the cross-entropy at the labelled positions, aux () the weighted auxiliary
+    losses with head B's teacher (``Output.losses["aux"]``). Else they are None and ``loss`` is
+    the plain cross-entropy."""
 
     loss: Tensor | None = None
     logits: Tensor | None = None
     cache: DecodeCache | None = None
+    ce: Tensor | None = None
+    aux: Tensor | None = None
 
 
 class SelmemPreTrainedModel(PreTrainedModel):
@@ -71,13 +146,43 @@ class SelmemPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _is_stateful = True  # the cache cannot be cropped or reordered (no beam search, no assisted decoding)
+    # the loss is a per-batch mean (as selmem train's): Trainer then divides it by the gradient
+    # accumulation steps itself and passes no num_items_in_batch (which forward would ignore)
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         """selmem initialises its own parameters (model.py); nothing to add."""
 
+    @torch.no_grad()
+    def _initialize_missing_keys(self, is_quantized: bool) -> None:
+        """from_pretrained's step for the parameters a checkpoint lacks (an export loaded with
+        ``credit="probe"``: a new probe), which it allocated uninitialised: they get the values of a
+        freshly built model; the loaded ones (flagged ``_is_hf_initialized``) stay."""
+        params = dict(self.named_parameters())
+        missing = [k for k, v in params.items() if not getattr(v, "_is_hf_initialized", False)]
+        if missing:
+            with torch.device("cpu"):
+                fresh = {f"{self.base_model_prefix}.{k}": v
+                         for k, v in SelectiveMemoryTransformer(self.config.selmem_config()).named_parameters()}
+            for k in missing:
+                params[k].copy_(fresh[k])
+                params[k]._is_hf_initialized = True
+        super()._initialize_missing_keys(is_quantized)
+
 
 class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
-    """A selective-memory Transformer language model with Hugging Face save/load and generate()."""
+    """A selective-memory Transformer language model with Hugging Face save/load and generate().
+
+    Trainer trains head B through ``labels=``: in training mode (``model.train()``, as Trainer
+    sets it) the loss is ``selmem train``'s objective on the batch, the cross-entropy at the
+    labelled positions plus ``out.losses["aux"]`` of ``forward_sequence`` (sparsity,
+    reconstruction, InfoNCE, score bound and, with ``credit='probe'``, the probe's own loss and
+    head B's credit from it). Its scored positions are where the shifted labels are not -100:
+    logits at t predict labels[t+1], so position t is an answer with target labels[t+1]
+    (``answer_kwargs``). The parts are ``out.ce`` and ``out.aux``. In eval mode the loss is the
+    plain cross-entropy, so HF eval losses compare with other models'. The probe
+    (``model.model.probe``) is part of the model and of its checkpoint; ``forward`` and
+    ``generate`` never use it."""
 
     def __init__(self, config: SelmemHFConfig) -> None:
         super().__init__(config)
@@ -98,24 +203,34 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
         (token-by-token decoding; a new cache when None); else the whole input is streamed in
         segments, with ``attention_mask`` (B, t) padding anywhere and ``reset`` (B, t) bool or
         ``doc_ids`` (B, t) memory resets at document starts (packed rows). ``labels`` (B, t) are
-        shifted inside (HF convention); -100 is ignored."""
+        shifted inside (HF convention); -100 is ignored. With labels in training mode the loss
+        adds the auxiliary losses and head B's teacher (see the class docstring)."""
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         seg = self.config.segment_len or None
+        train = labels is not None and self.training
         if cache is not None or use_cache:
             if attention_mask is not None and not bool(attention_mask.bool().all()):
                 raise ValueError("decoding with a cache needs unpadded rows (attention_mask all 1); "
                                  "call forward without use_cache for padded batches")
+            if train:
+                raise ValueError("training with labels= streams the whole input for the auxiliary losses and "
+                                 "head B's teacher; call forward without cache/use_cache (or in eval mode)")
             logits, cache = self.model.decode(input_ids, cache, seg)
         else:
             mask = attention_mask.bool() if attention_mask is not None else None
-            logits = self.model.forward_sequence(input_ids, seg, attention_mask=mask, reset=reset,
-                                                 doc_ids=doc_ids).logits
-        loss = None
-        if labels is not None:
-            pred = logits[:, :-1].flatten(0, 1)
-            pred = pred if pred.dtype == torch.float64 else pred.float()  # half precision: upcast the loss
-            loss = F.cross_entropy(pred, labels[:, 1:].flatten(), ignore_index=-100)
-        return SelmemCausalLMOutput(loss=loss, logits=logits, cache=cache)
+            answers = answer_kwargs(labels) if train else {}
+            out = self.model.forward_sequence(input_ids, seg, attention_mask=mask, reset=reset, doc_ids=doc_ids,
+                                              **answers)
+            logits = out.logits
+        if labels is None:
+            return SelmemCausalLMOutput(logits=logits, cache=cache)
+        pred = logits[:, :-1].flatten(0, 1)
+        pred = pred if pred.dtype == torch.float64 else pred.float()  # half precision: upcast the loss
+        ce = F.cross_entropy(pred, labels[:, 1:].flatten(), ignore_index=-100)
+        if not train:
+            return SelmemCausalLMOutput(loss=ce, logits=logits, cache=cache)
+        aux = out.losses["aux"]  # selmem train adds the same to its task loss (train/loop.py)
+        return SelmemCausalLMOutput(loss=ce + aux, logits=logits, cache=cache, ce=ce, aux=aux)
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, cache: DecodeCache | None = None,
                                       attention_mask: Tensor | None = None, use_cache: bool | None = True,
@@ -133,16 +248,36 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
         return model_kwargs
 
 
+def answer_kwargs(labels: Tensor) -> dict[str, Any]:
+    """HF labels (B, N), -100 where unscored, shifted inside the loss -> forward_sequence's
+    answer_mask (B, N), answer_targets (B, N) and answer_count in selmem's convention (a task's
+    ``targets`` at t is what position t predicts): position t is scored with target labels[t+1],
+    the last position never. No answer in the batch: {} (the teacher has nothing to retrieve)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    count = int(mask.sum())  # one host sync; the probe then needs none
+    if count == 0:
+        return {}
+    targets = torch.zeros_like(labels)
+    targets[:, :-1] = labels[:, 1:].masked_fill(~mask[:, :-1], 0)  # read only where mask
+    return {"answer_mask": mask, "answer_targets": targets, "answer_count": count}
+
+
 def export_run(run: str | Path, out: str | Path, ckpt: str = "best", force: bool = False) -> Path:
     """Write a ``selmem train`` run's checkpoint as a Hugging Face folder at ``out``: the model's
     weights without the train-time probe, its config, and the run's segment length. ``out`` must
     be empty or new (``force``: write over what is there), and never a run folder or a folder
-    inside a run's ``ckpt/``, whose model.safetensors the export would replace."""
+    inside a run's ``ckpt/``, whose model.safetensors the export would replace.
+
+    The config says what runs: ``credit='none'`` (no probe in the weights; gate_grad 'task', as
+    a model without a teacher needs). To fine-tune it with head B's teacher, load it with
+    ``from_pretrained(out, credit="probe")``: a fresh probe, trained from the first step."""
     from selmem.cli import load_selmem_run
 
     check_export_destination(Path(out), force)
     exp, model = load_selmem_run(str(run), ckpt)
-    hf = SelmemForCausalLM(SelmemHFConfig.from_selmem(model.cfg, segment_len=exp.segment_len()))
+    cfg = dataclasses.replace(model.cfg, credit="none", gate_grad="task")  # gate_grad only acts in training
+    hf = SelmemForCausalLM(SelmemHFConfig.from_selmem(cfg, segment_len=exp.segment_len()))
     hf.model.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(TRAIN_ONLY)})
     hf.save_pretrained(out)
     return Path(out)

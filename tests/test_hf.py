@@ -1,7 +1,12 @@
 """The Hugging Face causal LM (selmem.hf): generate() with the cache equals recomputing from the
-start, decoding after an awkward prefill equals forward, and save/load round trips."""
+start, decoding after an awkward prefill equals forward, save/load round trips the config that
+runs, the flat config sizes the model, and training through labels= is selmem train's objective
+(Trainer trains head B and its teacher)."""
 
 from __future__ import annotations
+
+import copy
+import json
 
 import pytest
 import torch
@@ -10,7 +15,11 @@ pytest.importorskip("transformers")
 
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
+from selmem import SelectiveMemoryTransformer, SelmemConfig  # noqa: E402
 from selmem.hf import SelmemForCausalLM, SelmemHFConfig  # noqa: E402
+from selmem.tasks import MQARTask  # noqa: E402
+from selmem.tasks.base import Batch  # noqa: E402
+from selmem.train.loop import forward_kwargs, host_checks, task_loss  # noqa: E402
 from tests.helpers import assert_close, tiny_cfg, tokens  # noqa: E402
 
 
@@ -20,8 +29,8 @@ def hf_model(**overrides) -> SelmemForCausalLM:
 
 
 def test_greedy_generate_with_cache_equals_recomputing_every_step():
+    prompt = tokens(2, 11)  # drawn first: the seed's prompt whatever the model draws (its probe)
     model = hf_model()
-    prompt = tokens(2, 11)
     seen = []  # tokens embedded per call: the prompt (in chunks that end at segment boundaries), then one a step
     hook = model.model.embed.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
     with torch.no_grad():
@@ -91,3 +100,122 @@ def test_padded_batch_through_hf_forward_and_decode_refuses_it():
     assert_close("row 1", alone[0], padded[1, 4:], atol=1e-12)
     with pytest.raises(ValueError, match="unpadded rows"):
         model(x, attention_mask=mask, use_cache=True)
+
+
+# --- training through labels= (issue 27, item 1): the HF loss is selmem train's objective -------
+
+RECALL = MQARTask(num_pairs=2, num_keys=4, num_values=4, segment_len=8, num_segments=3, noise_vocab=2,
+                  placement="random", noise="shared", marked=True)  # vocab 13, rows of 24, 2 answers each
+
+
+def hf_labels(batch: Batch) -> torch.Tensor:
+    """A task batch's scored targets as HF labels: logits at t predict labels[t + 1]."""
+    assert not batch.loss_mask[:, -1].any()  # the last position has no label to its right
+    labels = torch.full_like(batch.tokens, -100)
+    labels[:, 1:] = batch.targets[:, :-1].masked_fill(~batch.loss_mask[:, :-1], -100)
+    return labels
+
+
+def selmem_train_objective(model: SelectiveMemoryTransformer, batch: Batch, segment_len: int) -> torch.Tensor:
+    """What `selmem train` minimises on ``batch`` (train/loop.py: task loss + out.losses["aux"])."""
+    n = host_checks(model, batch)
+    out = model.forward_sequence(batch.tokens, segment_len, **forward_kwargs(model, batch, n))
+    return task_loss(out.logits, batch, n)[0] + out.losses["aux"]
+
+
+@pytest.mark.parametrize("credit", ["probe", "read", "none"])
+def test_training_loss_with_labels_is_the_selmem_train_objective(credit):
+    model = hf_model(credit=credit, lambda_score=0.1).train()  # every auxiliary term nonzero
+    batch = RECALL.batch("train", 0, 4)
+    out = model(batch.tokens, labels=hf_labels(batch))
+    # to float32 precision: selmem train's task loss is computed in float32 (train/loop.py)
+    assert_close("loss", selmem_train_objective(model.model, batch, 8), out.loss, atol=1e-6)
+    assert_close("parts", out.loss, out.ce + out.aux, atol=1e-12)
+    assert float(out.aux.detach()) > 0
+    model.eval()  # eval losses stay the plain cross-entropy, comparable with any HF model's
+    with torch.no_grad():
+        plain = model(batch.tokens, labels=hf_labels(batch))
+    assert_close("eval loss", out.ce, plain.loss, atol=1e-12)
+    assert plain.aux is None and plain.ce is None
+
+
+def test_training_with_labels_refuses_the_decoding_cache():
+    model = hf_model().train()
+    x = tokens(2, 12)
+    with pytest.raises(ValueError, match="without cache/use_cache"):
+        model(x, labels=x, use_cache=True)
+
+
+def test_a_trainer_step_trains_head_b_and_its_teacher_by_the_selmem_objective(tmp_path):
+    pytest.importorskip("accelerate")  # Trainer needs it
+    from transformers import Trainer, TrainingArguments
+
+    model = SelmemForCausalLM(SelmemHFConfig.from_selmem(tiny_cfg(vocab_size=RECALL.vocab_size), segment_len=8))
+    batch = RECALL.batch("train", 0, 4)
+    rows = [{"input_ids": x, "labels": y} for x, y in zip(batch.tokens, hf_labels(batch), strict=True)]
+    # the step plain SGD takes on the selmem train objective, by hand on a copy
+    ref = copy.deepcopy(model.model).train()
+    selmem_train_objective(ref, batch, 8).backward()
+    lr = 0.5
+    want = {k: p.detach() - lr * p.grad for k, p in ref.named_parameters() if p.grad is not None}
+    before = {k: p.detach().clone() for k, p in model.model.named_parameters()}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, learning_rate=lr,
+                             optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
+                             report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no",
+                             disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=rows).train()
+    after = dict(model.model.named_parameters())
+    score = "select.0.score.0.weight"  # head B of layer 0
+    assert not torch.equal(after[score], before[score])
+    assert_close(score, want[score], after[score], atol=1e-6)
+    assert_close("probe.q.weight", want["probe.q.weight"], after["probe.q.weight"], atol=1e-6)
+    assert not torch.equal(after["probe.q.weight"], before["probe.q.weight"])  # the teacher learns too
+    for k, p in after.items():  # every parameter took exactly that step (order of rows aside)
+        assert_close(k, want.get(k, before[k]), p, atol=1e-5)
+
+
+# --- the flat config (issue 27, item 2) -------------------------------------------------------
+
+
+def test_flat_config_kwargs_size_the_model_and_unknown_ones_are_refused():
+    config = AutoConfig.for_model("selmem", vocab_size=1000, hidden_size=64, num_hidden_layers=3,
+                                  num_attention_heads=8, slots=8)
+    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (
+        1000, 64, 3, 8)
+    assert config.slots == 8 and config.selmem["d_model"] == 64
+    model = AutoModelForCausalLM.from_config(config)
+    cfg = model.model.cfg
+    assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.slots) == (1000, 64, 3, 8, 8)
+    assert model.model.embed.weight.shape == (1000, 64) and len(model.model.blocks) == 3
+    assert AutoConfig.for_model("selmem").vocab_size == SelmemConfig().vocab_size  # defaults read as well
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['vocab_sz'\]"):
+        AutoConfig.for_model("selmem", vocab_sz=1000)
+    with pytest.raises(ValueError, match="hidden_size=64 and d_model=32"):
+        SelmemHFConfig(hidden_size=64, d_model=32)
+    with pytest.raises(ValueError, match="credit must be one of"):
+        SelmemHFConfig(credit="teacher")
+    SelmemHFConfig(pad_token_id=0, dtype="float32", output_attentions=False)  # HF's own arguments pass
+
+
+def test_save_pretrained_records_the_config_that_runs(tmp_path):
+    model = hf_model(credit="probe", slots=6)
+    assert model.model.cfg.credit == "probe" and model.model.probe is not None  # it was set to 'none'
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["selmem"] == model.model.cfg.to_dict()  # every field, as it runs
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).double()
+    assert loaded.model.cfg == model.model.cfg
+    assert loaded.config.hidden_size == model.model.cfg.d_model
+    want = model.state_dict()
+    assert any(k.startswith("model.probe.") for k in want)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in want.items())  # the probe's weights too
+
+
+def test_a_checkpoint_without_the_probe_loads_with_a_fresh_initialised_one(tmp_path):
+    hf_model(credit="none").save_pretrained(tmp_path)  # what selmem export writes
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, credit="probe")
+    assert model.config.credit == "probe"
+    fresh = SelectiveMemoryTransformer(model.model.cfg).probe
+    for (name, p), q in zip(model.model.probe.named_parameters(), fresh.parameters(), strict=True):
+        assert torch.isfinite(p).all(), name  # from_pretrained allocated it uninitialised (1e38, NaN)
+        assert float(p.abs().max()) <= 2 * float(q.abs().max()) + 1e-6, name
