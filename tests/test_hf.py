@@ -125,7 +125,7 @@ def selmem_train_objective(model: SelectiveMemoryTransformer, batch: Batch, segm
 
 @pytest.mark.parametrize("credit", ["probe", "read", "none"])
 def test_training_loss_with_labels_is_the_selmem_train_objective(credit):
-    model = hf_model(credit=credit, lambda_score=0.1).train()  # every auxiliary term nonzero
+    model = hf_model(credit=credit, lambda_score=0.1, score_margin=0.1).train()  # every auxiliary term nonzero
     batch = RECALL.batch("train", 0, 4)
     out = model(batch.tokens, labels=hf_labels(batch))
     # to float32 precision: selmem train's task loss is computed in float32 (train/loop.py)

@@ -28,6 +28,7 @@ from selmem import losses
 from selmem.config import SelmemConfig
 from selmem.layers import RMSNorm
 from selmem.memory.address import Address
+from selmem.memory import credit
 from selmem.memory.cache_transform import CacheTransform
 from selmem.memory.compress import Candidates, Compress
 from selmem.memory.read import Read
@@ -152,9 +153,10 @@ class SelectiveMemory(nn.Module):
     the usage it adds. The last layer of the stack advances ``state.position`` by T.
 
     stats: the layer's entry of ``Output.stats["layers"]`` (model.py: gate, score, write, read,
-    usage, age, ...), detached, and ``stats["losses"]``: the unweighted 'sparsity' and
-    'reconstruction' losses of this layer, not detached, to add to a training loss with the
-    config's lambda_sparse and lambda_rec.
+    usage, age, ...), detached, and, not detached: ``stats["losses"]``, the unweighted
+    'sparsity', 'reconstruction' and 'score_bound' losses of this layer, and
+    ``stats["live_score"]`` (B, T), head B's score, through which its teacher trains it.
+    ``MemoryStack.losses`` weighs and sums them as the built-in model does.
     """
 
     def __init__(self, cfg: SelmemConfig, layer_idx: int = 0, read: Literal["cross", "prefix"] = "cross") -> None:
@@ -199,7 +201,8 @@ class SelectiveMemory(nn.Module):
                                  advance=T if l == cfg.n_layers - 1 else 0)
         stats = layer_stats(w, read_attn, state.provenance[l])
         stats["losses"] = {"sparsity": losses.sparsity([w.gate], cfg.sparsity, cfg.write_rate),
-                           "reconstruction": w.rec}
+                           "reconstruction": w.rec, "score_bound": losses.score_bound([w.score], cfg.score_margin)}
+        stats["live_score"] = w.score
         return h, state, stats
 
 
@@ -207,13 +210,28 @@ class MemoryStack(nn.Module):
     """One SelectiveMemory per host layer and the cache transform they share.
 
     ``init_state(B)`` makes the stack's MemoryState, ``hints(state)`` runs the cache transform
-    once per segment (before any layer writes), and iterating gives the layers in order."""
+    once per segment (before any layer writes), and iterating gives the layers in order.
 
-    def __init__(self, cfg: SelmemConfig, read: Literal["cross", "prefix"] = "cross") -> None:
+    Training: ``losses(segments, ...)`` is the stack's share of ``Output.losses`` from the stats
+    its layers returned; add ``["aux"]`` to the host's loss. The self-supervised terms (sparsity,
+    reconstruction, score bound) need nothing else. Head B's teacher, the retrieval probe of
+    ``credit='probe'`` (memory/credit.py), needs what only the host's training loop knows: the
+    token ids of the window and its scored positions with their targets. So it is built only with
+    ``probe=True`` (its ids must lie in ``[0, cfg.vocab_size)``, the host's vocabulary) and runs
+    only when ``losses`` is given ``tokens``, ``answer_mask`` and ``answer_targets``. Without it
+    head B learns only through what its writes do to the host's loss, which on recall with
+    distractors is not enough (README). Not provided: the InfoNCE term (it reads the host's token
+    embeddings), the read teacher (``lambda_read``) and ``credit='read'``.
+    """
+
+    def __init__(self, cfg: SelmemConfig, read: Literal["cross", "prefix"] = "cross", probe: bool = False) -> None:
         super().__init__()
         self.cfg = cfg.validate()
+        if probe and cfg.credit != "probe":
+            raise ValueError(f"probe=True builds head B's probe teacher, which needs credit='probe' (got {cfg.credit!r})")
         self.layers = nn.ModuleList(SelectiveMemory(cfg, l, read) for l in range(cfg.n_layers))
         self.cache_transform = CacheTransform(cfg)
+        self.probe = credit.RetrievalProbe(cfg) if probe else None  # train-time only, as in the model
 
     def __iter__(self):
         return iter(self.layers)
@@ -231,3 +249,54 @@ class MemoryStack(nn.Module):
     def hints(self, state: MemoryState) -> Tensor | None:
         """(L, B, R, d_mem) read hints for the segment about to run, or None without a transform."""
         return self.cache_transform(state.slots)
+
+    def losses(self, segments: list[list[dict[str, Any]]], tokens: Tensor | None = None,
+               answer_mask: Tensor | None = None, answer_targets: Tensor | None = None) -> dict[str, Tensor]:
+        """The auxiliary losses of a window of segments, as ``Output.losses``: unweighted
+        'sparsity', 'reconstruction', 'score_bound' (each the mean over segments of the mean over
+        layers, as forward_sequence averages them), with the teacher 'probe' (the probe's
+        cross-entropy at the answers) and 'credit' (head B's BCE toward what the probe retrieves),
+        and 'aux', their weighted sum with the config's lambdas, to add to the host's loss.
+
+        segments: per segment of the window, in order, the stats each layer returned, [[stats of
+        layer 0, ..., layer L-1], ...]. For the teacher (``probe=True``): tokens (B, N) the
+        window's ids, N the segments' total length; answer_mask (B, N) bool, the scored positions;
+        answer_targets (B, N) long, what each scored position predicts (position t's target, as
+        selmem's tasks align them: for next-token labels, the token at t+1)."""
+        cfg, L = self.cfg, len(self.layers)
+        if not segments or any(len(seg) != L for seg in segments):
+            raise ValueError(f"segments must be a non-empty list of per-segment lists of the {L} layers' stats")
+        out = {k: torch.stack([torch.stack([lay["losses"][k] for lay in seg]).mean() for seg in segments]).mean()
+               for k in ("sparsity", "reconstruction", "score_bound")}
+        out["aux"] = (cfg.lambda_sparse * out["sparsity"] + cfg.lambda_rec * out["reconstruction"]
+                      + cfg.lambda_score * out["score_bound"])
+        if answer_mask is None:
+            return out
+        if self.probe is None:
+            raise ValueError("head B's teacher needs the probe: build the stack with MemoryStack(cfg, probe=True)")
+        scores = [torch.cat([seg[l]["live_score"] for seg in segments], dim=1) for l in range(L)]  # (B, N) each
+        seg_len = self._check_window(segments, scores[0].shape, tokens, answer_mask, answer_targets)
+        out["probe"], out["credit"], _ = credit.probe_losses(self.probe, tokens, scores, seg_len, answer_mask,
+                                                             answer_targets, reduce=cfg.probe_target)
+        out["aux"] = out["aux"] + cfg.lambda_credit * (out["probe"] + out["credit"])
+        return out
+
+    def _check_window(self, segments: list[list[dict[str, Any]]], shape: torch.Size, tokens: Tensor | None,
+                      answer_mask: Tensor, answer_targets: Tensor | None) -> int:
+        """The window's segment length (all but the last segment alike, as the probe assumes);
+        raises naming what does not fit the stats."""
+        lengths = [seg[0]["live_score"].shape[1] for seg in segments]
+        if len(set(lengths[:-1])) > 1 or lengths[-1] > lengths[0]:
+            raise ValueError(f"the teacher needs segments of one length (the last may be shorter), got {lengths}")
+        for name, x in (("tokens", tokens), ("answer_mask", answer_mask), ("answer_targets", answer_targets)):
+            if x is None or tuple(x.shape) != tuple(shape):
+                got = None if x is None else tuple(x.shape)
+                raise ValueError(f"{name} must have the window's shape {tuple(shape)} (batch, total segment length), "
+                                 f"got {got}")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size:
+            raise ValueError(f"tokens must lie in [0, vocab_size={self.cfg.vocab_size}) for the probe's embedding, "
+                             f"got range [{int(tokens.min())}, {int(tokens.max())}]: set SelmemConfig.vocab_size to "
+                             "the host's vocabulary")
+        if not bool(answer_mask.any()):
+            raise ValueError("answer_mask has no scored position: the teacher has nothing to retrieve for")
+        return lengths[0]
