@@ -153,6 +153,32 @@ def long_stream_verdicts(folder: Path, data: dict[str, Any], table: dict, longes
     return lines
 
 
+def stability(folder: Path, drop: float = 0.02) -> str:
+    """Each run's final test accuracy against its best evaluation, for the runs of ``folder`` that
+    kept their evaluations (``evals.jsonl``, written by ``./dev archive``): a markdown table, and
+    the runs whose final accuracy is more than ``drop`` below their best named under it. Empty
+    where no run kept them, or where the runs report no accuracy."""
+    rows, fell = [], []
+    for evals in sorted(folder.glob("*/evals.jsonl")):
+        points = [(r["step"], r["accuracy"]) for r in map(json.loads, evals.read_text().splitlines())
+                  if "accuracy" in r]
+        if not points:
+            continue
+        step, best = max(points, key=lambda p: (p[1], -p[0]))
+        final = points[-1][1]
+        run = evals.parent.name
+        rows.append(f"| {run} | {final:.1%} | {best:.1%} (step {step}) | {final - best:+.1%} |")
+        if final < best - drop:
+            fell.append(run)
+    if not rows:
+        return ""
+    head = ("Final against best evaluation (each run's `evals.jsonl`):\n\n"
+            "| run | final | best evaluation | final − best |\n|---|---|---|---|\n")
+    verdict = (f"Runs more than {drop:.0%} below their best at the end: {', '.join(fell)}." if fell
+               else f"Every run ends within {drop:.0%} of its best evaluation.")
+    return head + "\n".join(rows) + f"\n\n{verdict}\n"
+
+
 def report(folders: list[str | Path], out: str | Path, title: str = "Results") -> Path:
     """Write ``out`` (markdown) from result ``folders``; plots go to ``<out dir>/img/``."""
     out = Path(out)
@@ -175,6 +201,9 @@ def report(folders: list[str | Path], out: str | Path, title: str = "Results") -
         text = (folder / "results.md").read_text().strip()
         body = text.split("\n", 1)[1] if text.startswith("#") else text
         parts.append(f"## {folder.name}\n\n{body.strip()}\n")
+        kept = stability(folder)
+        if kept:
+            parts.append(kept)
         env = next(folder.glob("*/env.json"), None)
         if env is not None:
             e = json.loads(env.read_text())

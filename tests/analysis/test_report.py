@@ -116,3 +116,20 @@ def test_forgetting_is_judged_at_the_longest_length_of_an_ablation(tmp_path):
     assert "**forgetting keeps the memory useful over long streams** (mqar, `len`): held." in claims
     assert "At 256 segments selmem 97.0%, without it (forgetting-off) 55.0%, Δ -42.0%" in claims
     assert "best other model" not in claims
+
+
+def test_stability_names_the_runs_that_end_below_their_best(tmp_path):
+    from selmem.analysis.report import stability
+
+    folder = fake_compare(tmp_path / "c")
+    assert stability(folder) == ""  # no run kept its evaluations
+    curves = {"selmem-s0": [0.5, 0.95, 0.90], "full-s0": [0.5, 0.99, 0.985]}
+    for run, accs in curves.items():
+        (folder / run).mkdir(exist_ok=True)
+        lines = [json.dumps({"step": 100 * (i + 1), "split": "test", "accuracy": a}) for i, a in enumerate(accs)]
+        (folder / run / "evals.jsonl").write_text("\n".join(lines) + "\n")
+    text = stability(folder)
+    assert "| selmem-s0 | 90.0% | 95.0% (step 200) | -5.0% |" in text
+    assert "| full-s0 | 98.5% | 99.0% (step 200) | -0.5% |" in text
+    assert text.strip().endswith("at the end: selmem-s0.")
+    assert "## c\n" in report([folder], tmp_path / "R.md").read_text().split("Final against best")[0]
