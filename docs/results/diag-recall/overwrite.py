@@ -2,7 +2,7 @@
 runs/NAME's ckpt/best and ckpt/last, on 4 test batches of 32 rows,
 
 - accuracy by the key's history: bound once ("single") or bound again ("rebound"), and the
-  segment of its latest binding (``@segS``);
+  segment of its latest binding (``@segS``); and how often a re-bound key gets its first value;
 - per layer, head B's mean gate on the pair tokens of the latest bindings and on every other
   token, and how many other tokens per row pass 0.5, by segment;
 - the teacher's target (the probe's retrieval attention at the answers, summed, clamped at 1) on
@@ -33,6 +33,7 @@ for tag in ("best", "last"):
     model.eval()
     T, S = task.segment_len, task.set_id
     acc: dict[str, list[int]] = {}
+    stale = [0, 0]  # re-bound keys asked, answered with their first value
     gates = collections.defaultdict(list)
     for batch in task.test_set(4, 32):
         with torch.no_grad():
@@ -41,15 +42,20 @@ for tag in ("best", "last"):
         pred = out.logits.argmax(-1)
         for r, row in enumerate(batch.tokens.tolist()):
             bound: dict[int, list[int]] = {}
+            first: dict[int, int] = {}
             for i in range(len(row) - 2):
                 if row[i] == S:
                     bound.setdefault(row[i + 1], []).append(i // T)
+                    first.setdefault(row[i + 1], row[i + 2])
             for p in batch.loss_mask[r].nonzero().flatten().tolist():
                 segs = bound[row[p]]
                 kind = f"{'rebound' if len(segs) > 1 else 'single'}@seg{segs[-1]}"
                 acc.setdefault(kind, [0, 0])
                 acc[kind][0] += 1
                 acc[kind][1] += int(pred[r, p] == batch.targets[r, p])
+                if len(segs) > 1:
+                    stale[0] += 1
+                    stale[1] += int(pred[r, p] == first[row[p]])
         row_i, _ = answer_positions(batch.loss_mask)
         target = torch.zeros(batch.tokens.shape).index_add(0, row_i, attn).clamp(max=1.0)
         rel = batch.relevant
@@ -60,7 +66,8 @@ for tag in ("best", "last"):
             other = (g > 0.5) & ~rel
             by_seg = [float(other[seg == k].sum()) / rel.shape[0] for k in range(task.num_segments)]
             gates[f"L{l}"].append((g[rel].mean(), g[~rel].mean(), by_seg))
-    print(f"{tag}: accuracy " + ", ".join(f"{k} {c / n:.3f} (n={n})" for k, (n, c) in sorted(acc.items())))
+    print(f"{tag}: accuracy " + ", ".join(f"{k} {c / n:.3f} (n={n})" for k, (n, c) in sorted(acc.items()))
+          + f"; re-bound keys answered with their first value {stale[1] / max(stale[0], 1):.3f}")
     t = torch.tensor([[float(a), float(b)] for a, b in gates["target"]]).mean(0)
     print(f"  teacher target: pair tokens {t[0]:.3f}, other {t[1]:.3f}")
     for l in range(len(out.scores)):
