@@ -228,7 +228,8 @@ class MemoryStack(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         if probe and cfg.credit != "probe":
-            raise ValueError(f"probe=True builds head B's probe teacher, which needs credit='probe' (got {cfg.credit!r})")
+            raise ValueError(f"probe=True builds head B's probe teacher, which needs credit='probe' "
+                             f"(got {cfg.credit!r})")
         self.layers = nn.ModuleList(SelectiveMemory(cfg, l, read) for l in range(cfg.n_layers))
         self.cache_transform = CacheTransform(cfg)
         self.probe = credit.RetrievalProbe(cfg) if probe else None  # train-time only, as in the model
