@@ -6,10 +6,12 @@ layer, C write candidates per segment, d model width, d_mem slot width, V vocabu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from selmem import decode as decoding
@@ -58,6 +60,10 @@ class Output:
     """The read attention per layer on the prefix, (B, T, M+R) (forward) or (B, N, M+R)
     (forward_sequence), not detached, or None per layer with read='off': the read teacher
     (memory/credit.py, ``lambda_read``) trains the read through it."""
+    hidden_states: list[Tensor] | None = None
+    """Only with ``output_hidden_states=True``: L+1 tensors (B, T, d) (forward) or (B, N, d)
+    (forward_sequence), Hugging Face's convention: the embeddings, the outputs of blocks 0..L-2,
+    and the last block's output after the final norm (what the head reads)."""
 
 
 class SelectiveMemoryTransformer(nn.Module):
@@ -88,6 +94,11 @@ class SelectiveMemoryTransformer(nn.Module):
         # train-time teacher of head B (memory/credit.py), never used by forward; built last so that
         # every other parameter is initialised as without it (same seed, same model)
         self.probe = credit.RetrievalProbe(cfg) if cfg.credit == "probe" else None
+        # activation checkpointing of the blocks in training (off by default): Hugging Face's
+        # gradient_checkpointing_enable() sets both attributes (its _set_gradient_checkpointing)
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func: Callable[..., Any] = functools.partial(
+            torch.utils.checkpoint.checkpoint, use_reentrant=False)
 
     # ------------------------------------------------------------------------------------------
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
@@ -101,8 +112,9 @@ class SelectiveMemoryTransformer(nn.Module):
         return self.cfg.state_floats()
 
     # ------------------------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, state: MemoryState | None = None, mask: Tensor | None = None, *,
-                checked: bool = False, parts: Parts | None = None) -> Output:
+    def forward(self, tokens: Tensor | None, state: MemoryState | None = None, mask: Tensor | None = None, *,
+                checked: bool = False, parts: Parts | None = None, inputs_embeds: Tensor | None = None,
+                output_hidden_states: bool = False) -> Output:
         """Process one segment. tokens (B, T) long, T <= max_segment_len.
 
         mask (B, T) bool or None: False marks padding after a row's tokens (right padding). Padding
@@ -116,21 +128,29 @@ class SelectiveMemoryTransformer(nn.Module):
 
         parts: ``write_parts(B, device)``, the layers' write parts stacked for the batched write, which
         forward_sequence builds once per sequence (stacking the weights is a few kernels per
-        parameter, forward and backward); None: built here when needed."""
+        parameter, forward and backward); None: built here when needed.
+
+        inputs_embeds (B, T, d) instead of tokens (pass None): the blocks' input as given (InfoNCE
+        reads its mean where it reads the token embeddings). output_hidden_states: fill
+        ``Output.hidden_states``."""
+        if inputs_embeds is not None:
+            tokens = self._placeholder_ids(tokens, inputs_embeds)
         state = self._check(tokens, state, mask, values=not checked)
         tokens = tokens.long()  # _check accepts int16/uint8 ids too; nn.Embedding takes int64/int32 only
         T = tokens.shape[1]
         pos = state.position[:, None] + torch.arange(T, device=tokens.device)  # (B, T) absolute
         hints = self.cache_transform(state.slots)  # (L, B, R, d_mem) or None: top-down hints
-        h = self.embed(tokens)  # (B, T, d)
+        h = self.embed(tokens) if inputs_embeds is None else inputs_embeds  # (B, T, d)
+        hidden = [h] if output_hidden_states else None
         ys, reads = [], []
         for l, block in enumerate(self.blocks):
             hint = None if hints is None else hints[l]
             prefix, bias = read_prefix(self.read[l], state.slots[l], state.usage[l], hint)  # memory before the writes
-            h, read = block(h, prefix, prefix_bias=bias)  # head A: (B, T, d), read attention (B, T, M+R)
+            h, read = self._block(block, h, prefix, bias)  # head A: (B, T, d), read attention (B, T, M+R)
             ys.append(h)
             reads.append(read)
-        logits = self.head(self.norm(h))  # (B, T, V)
+        final = self.norm(h)
+        logits = self.head(final)  # (B, T, V)
         # head B .. update of every layer: no write reads another layer's new memory, so all run
         # after the stack, as one batched call (memory/stacked.py)
         writes = self.write(ys, reads, state, pos, mask, parts)
@@ -139,9 +159,31 @@ class SelectiveMemoryTransformer(nn.Module):
         if mask is not None:
             new_state = new_state.where(~mask.any(1), state)  # rows of padding only: nothing happened
         aux = self._losses(tokens, state, [w.gate for w in writes], [w.score for w in writes],
-                           [w.rec for w in writes])
+                           [w.rec for w in writes], inputs_embeds)
         stats = {"start": state.position.clone(), "layers": layer_stats}
-        return Output(logits, new_state, stats, aux, [w.score for w in writes], reads)
+        if hidden is not None:
+            hidden += [*ys[:-1], final]  # Hugging Face's convention: the last one after the final norm
+        return Output(logits, new_state, stats, aux, [w.score for w in writes], reads, hidden)
+
+    def _block(self, block: Block, h: Tensor, prefix: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Any]:
+        """One block, recomputed in the backward pass when gradient checkpointing is on (training
+        only): the same numbers, activations of one block at a time instead of all of them."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(functools.partial(block, prefix_bias=bias), h, prefix)
+        return block(h, prefix, prefix_bias=bias)
+
+    def _placeholder_ids(self, tokens: Tensor | None, inputs_embeds: Tensor) -> Tensor:
+        """Zero ids shaped like ``inputs_embeds``' (B, T), for the checks of a segment given as
+        embeddings; raises when both or a misshapen embedding are given."""
+        if tokens is not None:
+            raise ValueError("pass tokens or inputs_embeds, not both")
+        d = self.cfg.d_model
+        if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != d:
+            raise ValueError(f"inputs_embeds must have shape (batch, segment_len, d_model={d}), got "
+                             f"{_describe(inputs_embeds)}")
+        if not inputs_embeds.is_floating_point():
+            raise TypeError(f"inputs_embeds must be a float tensor, got dtype {inputs_embeds.dtype}")
+        return torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
 
     def decode(self, tokens: Tensor, cache: DecodeCache | None = None,
                segment_len: int | None = None) -> tuple[Tensor, DecodeCache]:
@@ -184,7 +226,7 @@ class SelectiveMemoryTransformer(nn.Module):
         )
 
     def _losses(self, tokens: Tensor, state: MemoryState, gates: list[Tensor], scores: list[Tensor],
-                rec: list[Tensor]) -> dict[str, Tensor]:
+                rec: list[Tensor], inputs_embeds: Tensor | None = None) -> dict[str, Tensor]:
         cfg = self.cfg
         sparse = losses.sparsity(gates, cfg.sparsity, cfg.write_rate)
         bound = losses.score_bound(scores, cfg.score_margin)
@@ -192,18 +234,19 @@ class SelectiveMemoryTransformer(nn.Module):
         # once the memory has seen a segment (every row): can it predict this one? Chosen on the
         # device (torch.where, no host sync); before that the loss is 0 and so is its gradient
         memory = self.nce_memory(state.slots.mean(dim=(0, 2)))  # (B, d)
-        segment = self.nce_segment(self.embed(tokens).mean(1))  # (B, d)
+        segment = self.nce_segment((self.embed(tokens) if inputs_embeds is None else inputs_embeds).mean(1))  # (B, d)
         nce = torch.where((state.position > 0).all(), losses.infonce(memory, segment, cfg.nce_temperature),
                           sparse * 0.0)
         aux = cfg.lambda_sparse * sparse + cfg.lambda_rec * recon + cfg.lambda_nce * nce + cfg.lambda_score * bound
         return {"sparsity": sparse, "reconstruction": recon, "infonce": nce, "score_bound": bound, "aux": aux}
 
     # ------------------------------------------------------------------------------------------
-    def forward_sequence(self, tokens: Tensor, segment_len: int | None = None,
+    def forward_sequence(self, tokens: Tensor | None, segment_len: int | None = None,
                          state: MemoryState | None = None, answer_mask: Tensor | None = None,
                          answer_targets: Tensor | None = None, attention_mask: Tensor | None = None,
                          reset: Tensor | None = None, doc_ids: Tensor | None = None, *,
-                         answer_count: int | None = None, checked: bool = False) -> Output:
+                         answer_count: int | None = None, checked: bool = False,
+                         inputs_embeds: Tensor | None = None, output_hidden_states: bool = False) -> Output:
         """Stream a whole sequence (B, N) through ``forward`` in segments of ``segment_len``
         (default max_segment_len; the last may be shorter), detaching the state every
         ``bptt_segments`` segments. Logits (B, N, V); losses averaged over segments.
@@ -220,20 +263,32 @@ class SelectiveMemoryTransformer(nn.Module):
 
         Without a host sync (the trainer's path): answer_count, the number of True in answer_mask,
         counted where that is free (on the host, before the batch moved to the device); checked:
-        the caller has checked the token range and the state (``check_values``) already."""
+        the caller has checked the token range and the state (``check_values``) already.
+
+        inputs_embeds (B, N, d) instead of tokens (pass None), and output_hidden_states, as in
+        ``forward``. credit='probe' then cannot add head B's teacher: the probe embeds the ids itself."""
+        x = tokens if inputs_embeds is None else inputs_embeds
+        extra: dict[str, Any] = {"output_hidden_states": True} if output_hidden_states else {}
+        if inputs_embeds is not None:
+            self._placeholder_ids(tokens, inputs_embeds)  # raises on both or a misshapen embedding
+            extra["inputs_embeds"] = inputs_embeds
         if attention_mask is None and reset is None and doc_ids is None:
             if not checked:
                 self.check_values(tokens, state)  # once per sequence, not once per segment
             out = run_segments(self, tokens, segment_len, state, checked=True,
-                               parts=self.write_parts(tokens.shape[0], tokens.device))
+                               parts=self.write_parts(x.shape[0], x.device), **extra)
         else:
             out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
-                                       reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids), checked)
+                                       reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids), checked,
+                                       **extra)
         cfg = self.cfg
         if answer_mask is None or cfg.credit == "none" or cfg.lambda_credit == 0:
             return out
-        if answer_mask.shape != tokens.shape:
-            raise ValueError(f"answer_mask has shape {tuple(answer_mask.shape)}, tokens {tuple(tokens.shape)}")
+        if answer_mask.shape != x.shape[:2]:
+            raise ValueError(f"answer_mask has shape {tuple(answer_mask.shape)}, tokens {tuple(x.shape[:2])}")
+        if cfg.credit == "probe" and tokens is None:
+            raise ValueError("credit='probe': head B's teacher embeds the token ids itself, so it needs tokens, "
+                             "not inputs_embeds (or pass no answer_mask)")
         if cfg.credit == "read":
             answers = int(answer_mask.sum()) if answer_count is None else answer_count
             c = credit.credit_loss(out.scores, credit.read_credit(out.stats, answer_mask), answers)
@@ -252,12 +307,15 @@ class SelectiveMemoryTransformer(nn.Module):
         out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c
         return out
 
-    def _forward_packed(self, tokens: Tensor, seg: int, state: MemoryState | None, valid: Tensor | None,
-                        starts: Tensor | None, checked: bool = False) -> Output:
+    def _forward_packed(self, tokens: Tensor | None, seg: int, state: MemoryState | None, valid: Tensor | None,
+                        starts: Tensor | None, checked: bool = False, inputs_embeds: Tensor | None = None,
+                        output_hidden_states: bool = False) -> Output:
         """forward_sequence for padded/packed rows: the steps of packing.schedule, then every
         step's logits and scores put back at their row positions."""
         if not 1 <= seg <= self.cfg.max_segment_len:
             raise ValueError(f"segment_len must be in [1, max_segment_len={self.cfg.max_segment_len}], got {seg}")
+        if inputs_embeds is not None:
+            tokens = self._placeholder_ids(tokens, inputs_embeds)  # the ids' checks, on zeros
         B, N = tokens.shape
         valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.bool()
         starts = torch.zeros_like(valid) if starts is None else starts.bool()
@@ -272,8 +330,14 @@ class SelectiveMemoryTransformer(nn.Module):
             if K and i and i % K == 0:
                 state = state.detach()  # truncated BPTT boundary
             state = state.where(step.reset, fresh)  # a document starts: a fresh memory for its row
-            x = tokens.gather(1, step.index)
-            out = self(x, state, None if step.full else step.mask, checked=True, parts=parts)
+            mask = None if step.full else step.mask
+            if inputs_embeds is None:
+                out = self(tokens.gather(1, step.index), state, mask, checked=True, parts=parts,
+                           output_hidden_states=output_hidden_states)
+            else:
+                e = inputs_embeds.gather(1, step.index[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+                out = self(None, state, mask, checked=True, parts=parts, inputs_embeds=e,
+                           output_hidden_states=output_hidden_states)
             state = out.state
             outs.append(out)
         dest = torch.cat([step.dest for step in steps])
@@ -285,7 +349,10 @@ class SelectiveMemoryTransformer(nn.Module):
         logits = scatter([o.logits for o in outs])
         scores = [scatter([o.scores[l] for o in outs]) for l in range(self.cfg.n_layers)]
         aux = {k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses}
-        return Output(logits, state, {"segments": [o.stats for o in outs]}, aux, scores)
+        hidden = None
+        if output_hidden_states:
+            hidden = [scatter([o.hidden_states[i] for o in outs]) for i in range(self.cfg.n_layers + 1)]
+        return Output(logits, state, {"segments": [o.stats for o in outs]}, aux, scores, hidden_states=hidden)
 
     def check_values(self, tokens: Any, state: Any) -> None:
         """The checks that read values (token range, a finite state): one device sync (none for
@@ -355,19 +422,25 @@ def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, stat
                  **kwargs: Any) -> Output:
     """The segment loop behind every model's ``forward_sequence`` (selmem and the baselines): call
     ``model(segment, state, **kwargs)`` on consecutive segments, detach the state every
-    ``model.cfg.bptt_segments`` segments, concatenate logits, average losses."""
+    ``model.cfg.bptt_segments`` segments, concatenate logits, average losses. With
+    ``inputs_embeds`` (B, N, d) (tokens None), its segments go as ``inputs_embeds=`` instead.
+    Hidden states (``Output.hidden_states``) are concatenated where the model returns them."""
     cfg = model.cfg
     seg = segment_len or cfg.max_segment_len
     if not 1 <= seg <= cfg.max_segment_len:
         raise ValueError(f"segment_len must be in [1, max_segment_len={cfg.max_segment_len}], got {seg}")
-    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+    embeds = kwargs.pop("inputs_embeds", None)
+    if embeds is None and (not isinstance(tokens, Tensor) or tokens.dim() != 2):
         raise ValueError(f"tokens must be a (batch, length) tensor, got {_describe(tokens)}")
     outs: list[Output] = []
     K = cfg.bptt_segments
-    for i, start in enumerate(range(0, tokens.shape[1], seg)):
+    for i, start in enumerate(range(0, (tokens if embeds is None else embeds).shape[1], seg)):
         if K and i and i % K == 0:
             state = state.detach()  # truncated BPTT boundary
-        out = model(tokens[:, start : start + seg], state, **kwargs)
+        if embeds is None:
+            out = model(tokens[:, start : start + seg], state, **kwargs)
+        else:
+            out = model(None, state, inputs_embeds=embeds[:, start : start + seg], **kwargs)
         state = out.state
         outs.append(out)
     if not outs:
@@ -380,7 +453,10 @@ def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, stat
     if getattr(outs[0], "reads", None) is not None:
         reads = [None if outs[0].reads[l] is None else torch.cat([o.reads[l] for o in outs], dim=1)
                  for l in range(len(outs[0].reads))]
-    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux, scores, reads)
+    hidden = None
+    if getattr(outs[0], "hidden_states", None) is not None:
+        hidden = [torch.cat([o.hidden_states[i] for o in outs], dim=1) for i in range(len(outs[0].hidden_states))]
+    return Output(logits, outs[-1].state, {"segments": [o.stats for o in outs]}, aux, scores, reads, hidden)
 
 
 def _describe(x: Any) -> str:
