@@ -18,6 +18,11 @@ selection. The config is flat as HF configs are: ``AutoConfig.for_model("selmem"
 vocab_size=1000, hidden_size=64, slots=32)`` takes HF's standard names and every SelmemConfig
 field, and what config.json says (``credit`` included) is what the model runs.
 
+The usual model utilities work: ``resize_token_embeddings`` (the embedding, the head, the
+probe's and ``vocab_size`` together), ``tie_word_embeddings=True`` (the head is the embedding),
+``output_hidden_states``, ``inputs_embeds`` (not with the decoding cache, nor for head B's probe
+teacher in training: both embed the ids themselves) and ``gradient_checkpointing_enable()``.
+
 ``selmem export RUN OUT`` converts a ``selmem train`` checkpoint to this format.
 """
 
@@ -127,6 +132,8 @@ class SelmemHFConfig(PreTrainedConfig):
 @dataclass
 class SelmemCausalLMOutput(ModelOutput):
     """loss (), logits (B, t, V), and the cache after the tokens when decoding (else None).
+    hidden_states: with ``output_hidden_states``, L+1 tensors (B, t, d), HF's convention: the
+    embeddings, the outputs of blocks 0..L-2, the last block's after the final norm.
 
     In training mode with ``labels``, ``loss = ce + aux`` and both parts are set (log them with
     ``.item()``): ce () the cross-entropy at the labelled positions, aux () the weighted auxiliary
@@ -138,6 +145,7 @@ class SelmemCausalLMOutput(ModelOutput):
     cache: DecodeCache | None = None
     ce: Tensor | None = None
     aux: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
 
 
 class SelmemPreTrainedModel(PreTrainedModel):
@@ -149,6 +157,8 @@ class SelmemPreTrainedModel(PreTrainedModel):
     # the loss is a per-batch mean (as selmem train's): Trainer then divides it by the gradient
     # accumulation steps itself and passes no num_items_in_batch (which forward would ignore)
     accepts_loss_kwargs = False
+    # the blocks are recomputed in the backward pass (SelectiveMemoryTransformer._block)
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         """selmem initialises its own parameters (model.py); nothing to add."""
@@ -184,6 +194,9 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
     (``model.model.probe``) is part of the model and of its checkpoint; ``forward`` and
     ``generate`` never use it."""
 
+    # tie_word_embeddings=True: the head's weight is the embedding's (HF ties, saves one, re-ties on load)
+    _tied_weights_keys = {"model.head.weight": "model.embed.weight"}
+
     def __init__(self, config: SelmemHFConfig) -> None:
         super().__init__(config)
         self.model = SelectiveMemoryTransformer(config.selmem_config())
@@ -196,18 +209,51 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.model.embed
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: DecodeCache | None = None,
-                use_cache: bool | None = None, labels: Tensor | None = None, reset: Tensor | None = None,
-                doc_ids: Tensor | None = None, **kwargs: Any) -> SelmemCausalLMOutput:
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.model.embed = value
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.model.head
+
+    def set_output_embeddings(self, value: torch.nn.Module) -> None:
+        self.model.head = value
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> torch.nn.Embedding:
+        """HF's resize of the embedding and the head (rows added at the end, or cut from it), and
+        with them what else holds the vocabulary: the config's ``vocab_size``, the model's
+        SelmemConfig (its token-range check) and the probe's embedding and output."""
+        embed = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        V = embed.num_embeddings
+        self.model.cfg = dataclasses.replace(self.model.cfg, vocab_size=V)
+        self.config.vocab_size = V
+        probe = self.model.probe
+        if probe is not None and probe.embed.num_embeddings != V:
+            probe.embed = self._get_resized_embeddings(probe.embed, V, mean_resizing=mean_resizing)
+            probe.out = self._get_resized_lm_head(probe.out, V, mean_resizing=mean_resizing)
+        return embed
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                cache: DecodeCache | None = None, use_cache: bool | None = None, labels: Tensor | None = None,
+                reset: Tensor | None = None, doc_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
+                output_hidden_states: bool | None = None, **kwargs: Any) -> SelmemCausalLMOutput:
         """input_ids (B, t). With ``cache`` or ``use_cache`` the tokens continue the cache's stream
         (token-by-token decoding; a new cache when None); else the whole input is streamed in
         segments, with ``attention_mask`` (B, t) padding anywhere and ``reset`` (B, t) bool or
         ``doc_ids`` (B, t) memory resets at document starts (packed rows). ``labels`` (B, t) are
         shifted inside (HF convention); -100 is ignored. With labels in training mode the loss
-        adds the auxiliary losses and head B's teacher (see the class docstring)."""
+        adds the auxiliary losses and head B's teacher (see the class docstring).
+
+        inputs_embeds (B, t, d) instead of input_ids, on the whole-input path only: the decoding
+        cache embeds its tokens itself, and so does head B's probe teacher (training with labels
+        and ``credit='probe'``), so those need input_ids. output_hidden_states (default: the
+        config's): ``hidden_states``, also on the whole-input path only."""
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         seg = self.config.segment_len or None
         train = labels is not None and self.training
+        hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if cache is not None or use_cache:
             if attention_mask is not None and not bool(attention_mask.bool().all()):
                 raise ValueError("decoding with a cache needs unpadded rows (attention_mask all 1); "
@@ -215,22 +261,32 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
             if train:
                 raise ValueError("training with labels= streams the whole input for the auxiliary losses and "
                                  "head B's teacher; call forward without cache/use_cache (or in eval mode)")
+            if inputs_embeds is not None or hidden:
+                raise ValueError("decoding with a cache takes input_ids and returns no hidden states (it embeds the "
+                                 "tokens itself); call forward without cache/use_cache for inputs_embeds= or "
+                                 "output_hidden_states=True")
             logits, cache = self.model.decode(input_ids, cache, seg)
+            states = None
         else:
+            if train and inputs_embeds is not None and self.model.probe is not None:
+                raise ValueError("training with labels= and credit='probe' needs input_ids: head B's probe teacher "
+                                 "embeds the token ids itself (or use credit='read'/'none' with inputs_embeds)")
             mask = attention_mask.bool() if attention_mask is not None else None
             answers = answer_kwargs(labels) if train else {}
             out = self.model.forward_sequence(input_ids, seg, attention_mask=mask, reset=reset, doc_ids=doc_ids,
+                                              inputs_embeds=inputs_embeds, output_hidden_states=bool(hidden),
                                               **answers)
             logits = out.logits
+            states = tuple(out.hidden_states) if hidden else None
         if labels is None:
-            return SelmemCausalLMOutput(logits=logits, cache=cache)
+            return SelmemCausalLMOutput(logits=logits, cache=cache, hidden_states=states)
         pred = logits[:, :-1].flatten(0, 1)
         pred = pred if pred.dtype == torch.float64 else pred.float()  # half precision: upcast the loss
         ce = F.cross_entropy(pred, labels[:, 1:].flatten(), ignore_index=-100)
         if not train:
-            return SelmemCausalLMOutput(loss=ce, logits=logits, cache=cache)
+            return SelmemCausalLMOutput(loss=ce, logits=logits, cache=cache, hidden_states=states)
         aux = out.losses["aux"]  # selmem train adds the same to its task loss (train/loop.py)
-        return SelmemCausalLMOutput(loss=ce + aux, logits=logits, cache=cache, ce=ce, aux=aux)
+        return SelmemCausalLMOutput(loss=ce + aux, logits=logits, cache=cache, ce=ce, aux=aux, hidden_states=states)
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, cache: DecodeCache | None = None,
                                       attention_mask: Tensor | None = None, use_cache: bool | None = True,

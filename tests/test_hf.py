@@ -219,3 +219,117 @@ def test_a_checkpoint_without_the_probe_loads_with_a_fresh_initialised_one(tmp_p
     for (name, p), q in zip(model.model.probe.named_parameters(), fresh.parameters(), strict=True):
         assert torch.isfinite(p).all(), name  # from_pretrained allocated it uninitialised (1e38, NaN)
         assert float(p.abs().max()) <= 2 * float(q.abs().max()) + 1e-6, name
+
+
+# --- the model utilities (issue 27, item 2): resize, tie, hidden states, inputs_embeds, checkpointing ---
+
+
+def test_resize_token_embeddings_resizes_the_embedding_the_head_the_probe_and_the_config(tmp_path):
+    model = hf_model()  # credit='probe': the probe embeds ids and predicts them too
+    x = tokens(2, 12)
+    with torch.no_grad():
+        before = model(x).logits
+    model.resize_token_embeddings(20)
+    m = model.model
+    assert m.embed.weight.shape == (20, 32) and m.head.weight.shape == (20, 32)
+    assert m.probe.embed.weight.shape == (20, 32) and m.probe.out.weight.shape == (20, 32)
+    assert model.config.vocab_size == m.cfg.vocab_size == 20 and model.config.selmem["vocab_size"] == 20
+    with torch.no_grad():
+        after = model(x).logits
+        wide = model(tokens(2, 12, vocab=20)).logits  # the new ids are in range now
+    assert after.shape == (2, 12, 20) and wide.shape == (2, 12, 20)
+    assert torch.equal(after[..., :16], before)  # the old vocabulary's rows are kept
+    model.train()(x, labels=x).loss.backward()  # the probe's teacher runs on the resized vocabulary
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).double().eval()
+    assert loaded.model.cfg.vocab_size == 20
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, after)
+    model.resize_token_embeddings(10)  # and down
+    assert model.model.head.weight.shape == (10, 32) and model.model.cfg.vocab_size == 10
+
+
+def test_tied_word_embeddings_share_one_weight_through_save_load_and_resize(tmp_path):
+    assert hf_model().get_output_embeddings() is not hf_model().get_input_embeddings()  # untied by default
+    config = SelmemHFConfig.from_selmem(tiny_cfg(), segment_len=8, tie_word_embeddings=True)
+    model = SelmemForCausalLM(config).double().eval()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model.save_pretrained(tmp_path)
+    loaded = SelmemForCausalLM.from_pretrained(tmp_path).double().eval()
+    assert loaded.model.head.weight is loaded.model.embed.weight
+    assert torch.equal(loaded.model.head.weight, model.model.embed.weight)
+    x = tokens(2, 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+    loaded.resize_token_embeddings(24)
+    assert loaded.model.head.weight is loaded.model.embed.weight and loaded.model.head.weight.shape == (24, 32)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_output_hidden_states_are_the_embeddings_and_every_block_output(padded):
+    model = hf_model(n_layers=3)
+    x = tokens(2, 20)
+    mask = torch.ones_like(x)
+    if padded:
+        mask[1, :5] = 0
+    blocks = [[] for _ in model.model.blocks]  # each block's outputs, segment by segment
+    hooks = [b.register_forward_hook(lambda mod, a, out, l=l: blocks[l].append(out[0]))
+             for l, b in enumerate(model.model.blocks)]
+    with torch.no_grad():
+        out = model(x, attention_mask=mask, output_hidden_states=True)
+    for h in hooks:
+        h.remove()
+    hs = out.hidden_states
+    assert isinstance(hs, tuple) and len(hs) == 4 and all(h.shape == (2, 20, 32) for h in hs)
+    real = mask.bool()
+    assert torch.equal(hs[0][real], model.model.embed(x)[real])
+    assert_close("head(last)", out.logits[real], model.model.head(hs[-1])[real], atol=1e-12)
+    if not padded:  # segments in order: the hooks' outputs are the sequence's
+        for l in range(2):
+            assert torch.equal(hs[l + 1], torch.cat(blocks[l], dim=1))
+        assert torch.equal(hs[3], model.model.norm(torch.cat(blocks[2], dim=1)))
+    assert model(x, attention_mask=mask).hidden_states is None  # only when asked (config default False)
+
+
+def test_inputs_embeds_give_the_logits_and_losses_of_input_ids_where_the_model_can():
+    model = hf_model(credit="read")
+    x = tokens(2, 20)
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0
+    embeds = model.model.embed(x).detach()
+    with torch.no_grad():
+        for kw in ({}, {"attention_mask": mask}):
+            assert torch.equal(model(inputs_embeds=embeds, **kw).logits, model(x, **kw).logits)
+    model.train()  # training through labels= with credit='read': every loss term, InfoNCE included
+    assert torch.equal(model(inputs_embeds=embeds, labels=x).loss, model(x, labels=x).loss)
+    embeds.requires_grad_(True)
+    model(inputs_embeds=embeds, labels=x).loss.backward()
+    assert embeds.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs input_ids: head B's probe teacher"):
+        hf_model().train()(inputs_embeds=embeds, labels=x)
+    with pytest.raises(ValueError, match="decoding with a cache takes input_ids"):
+        model.eval()(inputs_embeds=embeds, use_cache=True)
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model(x, inputs_embeds=embeds)
+
+
+def test_gradient_checkpointing_recomputes_the_blocks_with_the_same_loss_and_gradients():
+    model = hf_model(credit="probe", lambda_score=0.1).train()
+    ref = copy.deepcopy(model)
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing and model.model.gradient_checkpointing
+    calls = []
+    model.model.blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))  # recomputing may stop early
+    batch = RECALL.batch("train", 0, 2)
+    labels = hf_labels(batch)
+    out, want = model(batch.tokens, labels=labels), ref(batch.tokens, labels=labels)
+    assert len(calls) == 3  # three segments
+    out.loss.backward()
+    want.loss.backward()
+    assert len(calls) == 6  # each block ran again in the backward pass
+    assert torch.equal(out.loss, want.loss)
+    grads = {k: p.grad for k, p in ref.named_parameters() if p.grad is not None}
+    assert grads.keys() == {k for k, p in model.named_parameters() if p.grad is not None}
+    for k, p in model.named_parameters():
+        if p.grad is not None:
+            assert_close(k, grads[k], p.grad, atol=1e-12)
