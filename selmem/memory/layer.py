@@ -14,6 +14,12 @@ Per layer it does what SelectiveMemoryTransformer does inside its blocks (DESIGN
 ``write`` is that second half as a function of the parts; the built-in model calls the same
 function on its own parts, so the two cannot drift apart. ``MemoryStack`` holds one
 SelectiveMemory per host layer and the cache transform they share.
+
+The one-line layer, as titans-pytorch's ``NeuralMemory(dim)(seq) -> (out, state)``:
+
+    memory = SelectiveMemory(64, slots=16)        # a one-layer memory of its own, segments of 64
+    out, state = memory(x)                        # x (B, N, 64), any N
+    out2, state = memory(x2, state)               # continues the stream: as one call on [x; x2]
 """
 
 from __future__ import annotations
@@ -141,8 +147,33 @@ class CrossRead(nn.Module):
         return self.out((probs @ v).transpose(1, 2).reshape(B, T, d)), probs.mean(1)
 
 
+class StreamState(NamedTuple):
+    """The one-line layer's state between calls: ``memory``, as the open segment reads it (before
+    that segment's write), and ``pending`` (B, n, d), the open segment's inputs so far (n <
+    segment_len), or None at a segment boundary. The write happens when the segment fills, so any
+    split of a stream into calls gives the same outputs (as decode.py's cache)."""
+
+    memory: MemoryState
+    pending: Tensor | None = None
+
+    def detach(self) -> StreamState:
+        """The truncated-BPTT boundary: same values, no graph to earlier calls."""
+        return StreamState(self.memory.detach(), None if self.pending is None else self.pending.detach())
+
+
 class SelectiveMemory(nn.Module):
     """The memory of host layer ``layer_idx``: ``forward(h, state, hints) -> (h, state, stats)``.
+
+    Two ways to build it:
+
+    - ``SelectiveMemory(dim, slots=16, segment_len=64, ...)``, the one-line layer: a memory of its
+      own (one layer, its own cache transform, ``credit='none'`` unless given: the probe teacher
+      needs a host's ids), the keywords being SelmemConfig fields. ``layer(x, state=None) -> (out,
+      state)`` takes x (B, N, dim) of any length, streams it in segments of ``segment_len``
+      (default max_segment_len) and returns out (B, N, dim) and a ``StreamState``; passing that state
+      back continues the stream. ``SelmemConfig(n_layers=1, ...)`` with ``segment_len=`` builds the
+      same layer from a full config.
+    - ``SelectiveMemory(cfg, layer_idx)``: one layer of a stack (``MemoryStack``), as below.
 
     h (B, T, d) is one segment's hidden states after the host block, state a MemoryState of the
     whole stack (L = cfg.n_layers layers; this layer reads and writes slice ``layer_idx``), hints
@@ -159,8 +190,18 @@ class SelectiveMemory(nn.Module):
     ``MemoryStack.losses`` weighs and sums them as the built-in model does.
     """
 
-    def __init__(self, cfg: SelmemConfig, layer_idx: int = 0, read: Literal["cross", "prefix"] = "cross") -> None:
+    def __init__(self, cfg: SelmemConfig | int, layer_idx: int = 0, read: Literal["cross", "prefix"] = "cross", *,
+                 segment_len: int | None = None, **fields: Any) -> None:
         super().__init__()
+        if isinstance(cfg, SelmemConfig):
+            if fields:
+                raise TypeError(f"SelectiveMemory(cfg, ...) takes no SelmemConfig fields ({sorted(fields)}): set them "
+                                "in the config, or pass the width, SelectiveMemory(dim, **fields)")
+        elif isinstance(cfg, int) and not isinstance(cfg, bool):
+            cfg = SelmemConfig(**{"d_model": cfg, "n_layers": 1, "credit": "none", **fields})
+            segment_len = segment_len or cfg.max_segment_len
+        else:
+            raise TypeError(f"SelectiveMemory takes a SelmemConfig or the model width (int), got {type(cfg).__name__}")
         self.cfg = cfg.validate()
         if not 0 <= layer_idx < cfg.n_layers:
             raise ValueError(f"layer_idx must be in [0, n_layers={cfg.n_layers}), got {layer_idx}")
@@ -174,14 +215,44 @@ class SelectiveMemory(nn.Module):
         self.cross = CrossRead(cfg.d_model, cfg.n_heads) if read == "cross" and cfg.read == "on" else None
         self.init_slots = nn.Parameter(torch.randn(cfg.slots, cfg.d_mem))  # unit-RMS, like the candidates
         self.slot_decay = nn.Parameter(torch.full((cfg.slots,), 4.0)) if cfg.slot_decay else None
+        self.segment_len = segment_len  # set: the one-line layer (forward streams; see the class docstring)
+        if segment_len is not None:
+            if cfg.n_layers != 1 or read != "cross":
+                raise ValueError(f"the one-line layer (segment_len=) is a one-layer memory read by cross-attention: "
+                                 f"needs n_layers=1 and read='cross', got n_layers={cfg.n_layers}, read={read!r} "
+                                 "(a memory per host layer: MemoryStack)")
+            if not 1 <= segment_len <= cfg.max_segment_len:
+                raise ValueError(f"segment_len must be in [1, max_segment_len={cfg.max_segment_len}], "
+                                 f"got {segment_len}")
+            self.cache_transform = CacheTransform(cfg)  # its own: no stack to share one with
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> StreamState:
+        """The one-line layer's fresh state for ``batch_size`` streams."""
+        if self.segment_len is None:
+            raise ValueError("a layer of a stack reads the stack's state: MemoryStack.init_state(batch_size)")
+        return StreamState(MemoryState.fresh(self.init_slots[None], batch_size, device))
 
     def prefix(self, state: MemoryState, hints: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """The prefix (B, M+R, d) a host block reads, and its read bias (B, M+R) or None."""
         l = self.layer_idx
         return read_prefix(self.parts.read, state.slots[l], state.usage[l], None if hints is None else hints[l])
 
-    def forward(self, h: Tensor, state: MemoryState, hints: Tensor | None = None,
-                read_attn: Tensor | None = None) -> tuple[Tensor, MemoryState, dict[str, Any]]:
+    def forward(self, h: Tensor, state: MemoryState | StreamState | None = None, hints: Tensor | None = None,
+                read_attn: Tensor | None = None
+                ) -> tuple[Tensor, MemoryState, dict[str, Any]] | tuple[Tensor, StreamState]:
+        """A stack's layer: one segment h (B, T, d) -> (h, state, stats), see the class docstring.
+        The one-line layer: x (B, N, d) and a StreamState or None -> (out (B, N, d), StreamState)."""
+        if self.segment_len is not None:
+            if hints is not None or read_attn is not None:
+                raise ValueError("the one-line layer makes its own hints and read: call it as layer(x, state)")
+            return self.stream(h, state)
+        if not isinstance(state, MemoryState):
+            raise ValueError("a layer of a stack needs the stack's MemoryState: MemoryStack.init_state(batch_size)")
+        return self._segment(h, state, hints, read_attn)
+
+    def _segment(self, h: Tensor, state: MemoryState, hints: Tensor | None,
+                 read_attn: Tensor | None) -> tuple[Tensor, MemoryState, dict[str, Any]]:
+        """One segment: read (cross mode), head B, compress, write; -> (h, state, stats)."""
         l, cfg = self.layer_idx, self.cfg
         if h.dim() != 3 or h.shape[-1] != cfg.d_model:
             raise ValueError(f"h must have shape (batch, segment_len, d_model={cfg.d_model}), got {tuple(h.shape)}")
@@ -204,6 +275,39 @@ class SelectiveMemory(nn.Module):
                            "reconstruction": w.rec, "score_bound": losses.score_bound([w.score], cfg.score_margin)}
         stats["live_score"] = w.score
         return h, state, stats
+
+    def stream(self, x: Tensor, state: StreamState | None = None) -> tuple[Tensor, StreamState]:
+        """The one-line layer's forward: x (B, N, d) after what ``state`` has seen -> out (B, N, d),
+        the state after it. Each full segment is read, then written (``forward``); a part-filled last
+        one is only read (its tokens read the memory as it was before it) and kept in
+        ``state.pending`` until a later call fills it."""
+        d, T = self.cfg.d_model, self.segment_len
+        if x.dim() != 3 or x.shape[-1] != d or x.shape[1] == 0:
+            raise ValueError(f"x must have shape (batch, length >= 1, dim={d}), got {tuple(x.shape)}")
+        state = state if state is not None else self.init_state(x.shape[0], x.device)
+        if not isinstance(state, StreamState):
+            raise TypeError(f"state must be the StreamState this layer returned (or None), got {type(state).__name__}")
+        if state.memory.batch_size != x.shape[0]:
+            raise ValueError(f"state holds {state.memory.batch_size} streams but x has batch size {x.shape[0]}")
+        memory, pending = state
+        buf = x if pending is None else torch.cat([pending, x], dim=1)  # (B, n + N, d)
+        outs, pending = [], None
+        for start in range(0, buf.shape[1], T):
+            seg = buf[:, start : start + T]
+            if seg.shape[1] == T:  # full: read and write, with the hints of the memory it reads
+                h, memory, _ = self._segment(seg, memory, self.cache_transform(memory.slots), None)
+            else:  # the open segment: read only, written when full
+                h, pending = self.read_only(seg, memory), seg
+            outs.append(h)
+        out = torch.cat(outs, dim=1)[:, buf.shape[1] - x.shape[1] :]  # the pending tokens' outputs were returned
+        return out, StreamState(memory, pending)
+
+    def read_only(self, h: Tensor, memory: MemoryState) -> Tensor:
+        """h (B, t, d) read from ``memory`` without a write: what ``forward`` returns for it."""
+        if self.cross is None:
+            return h
+        prefix, bias = self.prefix(memory, self.cache_transform(memory.slots))
+        return h + self.cross(h, prefix, bias)[0]
 
 
 class MemoryStack(nn.Module):

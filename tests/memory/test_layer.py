@@ -89,3 +89,83 @@ def test_layer_checks_its_inputs():
         stack[0](torch.randn(3, 6, 32), stack.init_state(2))
     with pytest.raises(ValueError, match="layer_idx must be in"):
         SelectiveMemory(tiny_cfg(), layer_idx=5)
+
+
+# --- the one-line layer (issue 27, item 3): SelectiveMemory(dim, ...)(x, state) -> (out, state) ---
+
+ONE_LINE = dict(slots=4, d_mem=16, n_heads=2, max_segment_len=16)
+
+
+def one_line(**fields) -> SelectiveMemory:
+    """A float64 one-line layer whose read is live (its zero-initialised output made nonzero)."""
+    layer = SelectiveMemory(32, **{**ONE_LINE, **fields}).double()
+    torch.nn.init.normal_(layer.cross.out.weight, std=0.2)
+    return layer
+
+
+def test_one_line_layer_builds_a_one_layer_config_from_the_width_and_fields():
+    layer = SelectiveMemory(32, slots=4, d_mem=16, n_heads=2, max_segment_len=16)
+    cfg = layer.cfg
+    assert (cfg.d_model, cfg.n_layers, cfg.slots, cfg.credit) == (32, 1, 4, "none")
+    assert layer.segment_len == 16  # default: max_segment_len
+    out, state = layer(torch.randn(2, 20, 32))
+    assert out.shape == (2, 20, 32) and torch.equal(out, out)
+    assert state.pending.shape == (2, 4, 32) and state.memory.position.tolist() == [16, 16]
+    assert SelectiveMemory(tiny_cfg(n_layers=1), segment_len=8).segment_len == 8  # the config form of it
+    with pytest.raises(TypeError, match="takes no SelmemConfig fields"):
+        SelectiveMemory(tiny_cfg(), slots=4)
+    with pytest.raises(TypeError, match="slotz"):
+        SelectiveMemory(32, slotz=4)
+    with pytest.raises(ValueError, match="needs n_layers=1 and read='cross'"):
+        SelectiveMemory(tiny_cfg(), segment_len=8)
+    with pytest.raises(ValueError, match="segment_len must be in"):
+        SelectiveMemory(32, segment_len=99, **ONE_LINE)
+    with pytest.raises(ValueError, match="state holds 2 streams"):
+        layer(torch.randn(3, 5, 32), state)
+    with pytest.raises(ValueError, match="needs the stack's MemoryState"):
+        MemoryStack(tiny_cfg())[0](torch.randn(2, 6, 32))
+
+
+@pytest.mark.parametrize("splits", [[7], [8], [3, 1, 13], [1] * 6], ids=["mid-segment", "at-boundary", "awkward",
+                                                                        "token-by-token-start"])
+def test_one_line_layer_continues_the_stream_across_calls(splits):
+    layer = one_line(segment_len=8, select="topk", slot_decay=True)
+    x = torch.randn(2, 21, 32, dtype=torch.float64, requires_grad=True)
+    whole, want = layer(x)
+    grads = torch.autograd.grad(whole.pow(2).sum() + want.memory.slots.sum(), [x, *layer.parameters()],
+                                allow_unused=True)
+    outs, state, start = [], None, 0
+    for n in [*splits, 21 - sum(splits)]:
+        out, state = layer(x[:, start : start + n], state)
+        outs.append(out)
+        start += n
+    out = torch.cat(outs, dim=1)
+    assert_close("out", whole, out, atol=1e-12)
+    for name in ("slots", "usage", "age"):
+        assert_close(name, getattr(want.memory, name), getattr(state.memory, name), atol=1e-12)
+    assert torch.equal(want.memory.position, state.memory.position)
+    assert_close("pending", want.pending, state.pending, atol=0)  # 21 = 2 segments + 5 open tokens
+    split = torch.autograd.grad(out.pow(2).sum() + state.memory.slots.sum(), [x, *layer.parameters()],
+                                allow_unused=True)
+    names = ["x", *(name for name, _ in layer.named_parameters())]
+    for name, g, s in zip(names, grads, split, strict=True):
+        if g is not None:
+            assert_close(f"grad {name}", g, s, atol=1e-10)
+    trained = {name for name, g in zip(names, grads, strict=True) if g is not None and g.abs().sum() > 0}
+    assert {"x", "select.score.0.weight", "cross.q.weight", "init_slots"} <= trained  # head B and the read learn
+
+
+def test_one_line_layer_is_a_one_layer_stack_run_segment_by_segment():
+    layer = one_line(segment_len=8)
+    stack = MemoryStack(layer.cfg).double()
+    params = {(k if k.startswith("cache_transform.") else f"layers.0.{k}"): v for k, v in layer.state_dict().items()}
+    stack.load_state_dict(params)
+    x = torch.randn(2, 24, 32, dtype=torch.float64)
+    out, state = layer(x)
+    memory, want = stack.init_state(2), []
+    for seg in x.split(8, dim=1):
+        h, memory, _ = stack[0](seg, memory, stack.hints(memory))
+        want.append(h)
+    assert_close("out", torch.cat(want, dim=1), out, atol=1e-12)
+    assert_close("slots", memory.slots, state.memory.slots, atol=1e-12)
+    assert state.pending is None and state.memory.position.tolist() == [24, 24]
