@@ -9,7 +9,8 @@
 ``selmem.DecodeCache``: the memory state and the open segment's keys, values and features
 (decode.py); the memory is written whenever a segment fills, exactly as in ``forward``. Like
 Mamba's, the model is stateful: greedy and sampled search work, beam search and assisted
-decoding (which reorder or rewind a cache) do not.
+decoding (which reorder or rewind a cache) do not. Padded prompts (a left-padded batch,
+``pipeline`` on several) are generated row by row, each as it is alone (``generate``).
 
 Fine-tuning: in training mode, ``forward(input_ids, labels=labels)`` returns as ``loss`` what
 ``selmem train`` optimises, the cross-entropy at the labelled positions plus the model's
@@ -287,6 +288,39 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
             return SelmemCausalLMOutput(loss=ce, logits=logits, cache=cache, hidden_states=states)
         aux = out.losses["aux"]  # selmem train adds the same to its task loss (train/loop.py)
         return SelmemCausalLMOutput(loss=ce + aux, logits=logits, cache=cache, ce=ce, aux=aux, hidden_states=states)
+
+    def generate(self, inputs: Tensor | None = None, generation_config: GenerationConfig | None = None,
+                 **kwargs: Any) -> Tensor:
+        """HF's generate. A batch with padded rows (``attention_mask`` not all 1, as a tokenizer's
+        left padding and ``pipeline`` on several prompts make) is generated row by row, each from its
+        real tokens alone, since the decoding cache's segments are shared by the rows (decode.py): so
+        each row gets exactly the continuation its prompt gets alone, but the rows run one after the
+        other, not batched. Returns the input, its padding kept, then each row's new tokens
+        (right-padded with pad_token_id where a row stopped early); ``max_length`` counts the padded
+        input, as in a batch. Not with ``return_dict_in_generate`` or a streamer."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        mask = kwargs.get("attention_mask")
+        if ids is None or mask is None or ids.dim() != 2 or bool(mask.bool().all()):
+            return super().generate(inputs, generation_config, **kwargs)
+        gen = generation_config or self.generation_config
+        if kwargs.get("return_dict_in_generate", gen.return_dict_in_generate) or kwargs.get("streamer") is not None:
+            raise ValueError("generate on padded rows runs each row alone and returns only the token ids: pass no "
+                             "return_dict_in_generate or streamer, or generate unpadded rows")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}
+        if kwargs.get("max_new_tokens", gen.max_new_tokens) is None:  # max_length counts the padded input
+            kwargs["max_new_tokens"] = kwargs.pop("max_length", gen.max_length) - ids.shape[1]
+        rows = []
+        for x, m in zip(ids, mask.bool(), strict=True):
+            real = x[m][None]  # (1, n) the row's prompt without its padding
+            out = super().generate(real, generation_config, attention_mask=torch.ones_like(real), **kwargs)
+            rows.append(out[0, real.shape[1] :])
+        pad = kwargs.get("pad_token_id", gen.pad_token_id)
+        eos = kwargs.get("eos_token_id", gen.eos_token_id)
+        if pad is None:  # as HF does without a pad token: the end-of-sequence token, else 0
+            pad = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
+        n = max(len(r) for r in rows)
+        new = torch.stack([F.pad(r, (0, n - len(r)), value=int(pad)) for r in rows])  # (B, n)
+        return torch.cat([ids, new.to(ids.device)], dim=1)
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, cache: DecodeCache | None = None,
                                       attention_mask: Tensor | None = None, use_cache: bool | None = True,

@@ -333,3 +333,26 @@ def test_gradient_checkpointing_recomputes_the_blocks_with_the_same_loss_and_gra
     for k, p in model.named_parameters():
         if p.grad is not None:
             assert_close(k, grads[k], p.grad, atol=1e-12)
+
+
+# --- padded prompts (issue 27, item 3): a left-padded batch generates what each prompt generates alone ---
+
+
+def test_left_padded_prompts_generate_what_each_prompt_generates_alone():
+    model = hf_model()
+    prompts = [tokens(1, 5), tokens(1, 11), tokens(1, 8)]  # the middle one unpadded
+    ids = torch.zeros(3, 11, dtype=torch.long)
+    mask = torch.zeros(3, 11, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding, as a tokenizer with padding_side='left' makes
+        ids[i, 11 - p.shape[1] :], mask[i, 11 - p.shape[1] :] = p[0], 1
+    greedy = dict(max_new_tokens=9, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, **greedy)
+        alone = [model.generate(p, attention_mask=torch.ones_like(p), **greedy) for p in prompts]
+        by_length = model.generate(ids, attention_mask=mask, max_length=15, do_sample=False, pad_token_id=0)
+    assert out.shape == (3, 20) and torch.equal(out[:, :11], ids)
+    for i, p in enumerate(prompts):
+        assert torch.equal(out[i, 11:], alone[i][0, p.shape[1] :]), f"row {i}"
+    assert torch.equal(by_length, out[:, :15])  # max_length counts the padded input, as in a batch
+    with pytest.raises(ValueError, match="return_dict_in_generate"):
+        model.generate(ids, attention_mask=mask, return_dict_in_generate=True, **greedy)
