@@ -130,9 +130,11 @@ def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None,
     """(experiment, model with the checkpoint's weights, task) of a run folder or of a checkpoint
     folder inside one (runs/NAME/ckpt/TAG); ``ckpt`` picks another tag (default: best).
     ``task_set`` / ``model_set`` override task / model fields as ``key=value`` (model fields that
-    change no weight, such as age_weight, so the checkpoint still loads)."""
+    change no weight, such as age_weight, so the checkpoint still loads). A damaged or missing
+    checkpoint falls back to the newest good one, and one line on stderr names both
+    (``checkpoint.load_newest_good``)."""
     from selmem.experiment import ExperimentConfig, build
-    from selmem.train.checkpoint import load_model_weights
+    from selmem.train.checkpoint import load_newest_good
 
     run = Path(run)
     if not (run / "config.yaml").is_file():
@@ -147,9 +149,14 @@ def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None,
                                                                  f"task {exp.task.name}")))
     if model_set:
         exp = replace(exp, model=replace(exp.model, **_overrides(exp.model, model_set, "--model-set", "the model")))
-    exp = exp.resolved()
+    try:  # a config.yaml cut short may parse, its fields then at odds (a segment above the maximum)
+        exp = exp.resolved()
+    except ValueError as e:
+        given = " with the --task-set/--model-set overrides" if task_set or model_set else ""
+        raise ValueError(f"{run / 'config.yaml'}{given}: {e}") from None
     model, task = build(exp)
-    load_model_weights(run / "ckpt" / ckpt, model, inference=True)
+    load_newest_good(run / "ckpt" / ckpt, model, inference=True,
+                     log=lambda message: print(message, file=sys.stderr, flush=True))
     return exp, model.eval(), task
 
 

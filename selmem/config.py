@@ -392,6 +392,10 @@ class TrainConfig:
     """Show progress on stderr: a bar on a terminal, else a line every log_every steps."""
     ckpt_every: int = 0
     """Also write ckpt/last every this many steps (0 = only at evaluations)."""
+    keep_last: int = 3
+    """Training checkpoints kept: ckpt/last (the newest) and the keep_last - 1 before it as
+    ckpt/step-<step>, so that a damaged last falls back to the one before (HF Trainer's
+    save_total_limit); the oldest is removed only once the new one is complete."""
     nonfinite: NonFinite = "stop"
     """A NaN/inf loss, state or gradient: 'stop' the run with the step and layer, or 'skip' the step."""
     autocast: Autocast = "none"
@@ -406,7 +410,7 @@ class TrainConfig:
         check_field_types(self, "train.")
         _check_literal("train.nonfinite", self.nonfinite, _hint(type(self), "nonfinite"))
         _check_literal("train.autocast", self.autocast, _hint(type(self), "autocast"))
-        for name in ["steps", "batch_size", "eval_every", "eval_batches", "log_every"]:
+        for name in ["steps", "batch_size", "eval_every", "eval_batches", "log_every", "keep_last"]:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ["lr"]:

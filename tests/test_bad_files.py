@@ -303,16 +303,87 @@ def finished_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
-@pytest.mark.parametrize("file", ["config.yaml", "ckpt/best/model.safetensors", "ckpt/best/train.json"])
+@pytest.mark.parametrize("file", ["config.yaml", "model.safetensors", "train.json"])
 def test_eval_of_a_damaged_run_is_one_line_naming_the_file(finished_run, tmp_path, file, how):
+    """config.yaml, or a file of every checkpoint (best and last): nothing to fall back to."""
     import shutil
 
     run = tmp_path / "r"
     shutil.copytree(finished_run, run)
-    damage(run / file, how)
+    damaged = [run / file] if file == "config.yaml" else [run / "ckpt" / tag / file for tag in ("best", "last")]
+    for path in damaged:
+        damage(path, how)
     code, err = run_cli(["eval", str(run)])
     assert code == 2
-    one_line_naming(err, run / file)
+    for path in damaged:
+        one_line_naming(err, path)
+
+
+#: the commands that read a run's checkpoint, each with the arguments it needs (OUT: a new folder)
+READERS = {"eval": [], "inspect": ["--examples", "1", "--out", "OUT"], "export": ["OUT"],
+           "generate": ["--prompt", "1 2", "--max-new-tokens", "2", "--quiet"]}
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+@pytest.mark.parametrize("command", list(READERS))
+def test_a_damaged_best_falls_back_to_last_and_says_so(finished_run, tmp_path, command, how):
+    """eval, inspect, export and generate read ckpt/best: damaged, they use ckpt/last and say so
+    in one line naming both, where they stopped before although last was good."""
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    target = run / "ckpt" / "best" / "model.safetensors"
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2] if how == "truncated" else
+                       data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
+    before = {p: p.read_bytes() for p in (run / "ckpt").rglob("*") if p.is_file()}
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in READERS[command]]
+    code, err = run_cli([command, str(run), *argv])
+    assert code == 0, err
+    note = [line for line in err.splitlines() if str(target) in line]
+    assert len(note) == 1 and f"using {run / 'ckpt' / 'last'} (step 2) instead" in note[0], err
+    assert "damaged" in note[0]
+    assert {p: p.read_bytes() for p in (run / "ckpt").rglob("*") if p.is_file()} == before  # read only
+
+
+@pytest.fixture(scope="module")
+def run_with_steps(tmp_path_factory) -> Path:
+    """A finished run of 4 steps with a checkpoint at steps 2 and 4: ckpt/last and ckpt/step-000002."""
+    out = tmp_path_factory.mktemp("runs")
+    code, err = run_cli(["train", "--config", str(SMOKE), "--train.out-dir", str(out), "--train.name", "r",
+                         "--train.steps", "4", "--train.eval-every", "2"])
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "r" / "ckpt").iterdir()) == ["best", "last", "step-000002"]
+    return out / "r"
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+@pytest.mark.parametrize("file", ["model.safetensors", "train.safetensors", "train.json"])
+def test_resume_with_a_damaged_last_falls_back_to_the_previous_step_checkpoint_and_finishes(
+        run_with_steps, tmp_path, file, how):
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(run_with_steps, run)
+    (run / "results.json").unlink()
+    target = run / "ckpt" / "last" / file
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2] if how == "truncated" else
+                       data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
+    code, err = run_cli(["train", "--config", str(SMOKE), "--train.out-dir", str(tmp_path), "--train.name", "r",
+                         "--train.steps", "4", "--train.eval-every", "2", "--train.resume"])
+    assert code == 0, err
+    note = [line for line in err.splitlines() if str(target) in line]
+    assert len(note) == 1 and "resuming from the previous checkpoint step-000002 (step 2)" in note[0], err
+    assert "from step 2 of 4" in err
+    assert json.loads((run / "results.json").read_text())["steps"] == 4
+    # steps 3 and 4 redone from step 2 give the checkpoint the damaged one was
+    for name in ("model.safetensors", "train.safetensors"):
+        ref = checkpoint.read_tensors(run_with_steps / "ckpt" / "last" / name)
+        out = checkpoint.read_tensors(run / "ckpt" / "last" / name)
+        assert ref.keys() == out.keys() and all(torch.equal(ref[k], out[k]) for k in ref), name
+    assert (run / "ckpt" / "last.bad" / file).read_bytes() != (run_with_steps / "ckpt" / "last" / file).read_bytes()
 
 
 @pytest.mark.parametrize("file", ["model.safetensors", "train.safetensors", "train.json"])

@@ -7,8 +7,12 @@ A checkpoint is a folder ``ckpt/<tag>/`` with
                       and the SHA-256 of both tensor files (damage that safetensors cannot see)
 
 A write goes to ``<tag>.tmp``, then ``<tag>`` moves to ``<tag>.old``, ``<tag>.tmp`` to ``<tag>``,
-and ``<tag>.old`` is removed. A kill at any point leaves ``<tag>`` or ``<tag>.old`` complete;
-``recover`` finds the newest good one (tests/train/test_crash.py kills the write at each step).
+and ``<tag>.old`` is removed, or, for ``ckpt/last`` with train.keep_last > 1, kept as
+``ckpt/step-<its step>`` (the oldest step folders beyond keep_last - 1 are removed after that, so
+an old checkpoint goes only once a newer one is complete). A kill at any point leaves ``<tag>`` or
+``<tag>.old`` complete; ``recover`` (resume) and ``load_newest_good`` (eval, inspect, export,
+generate) find the newest good one, saying which (tests/train/test_crash.py kills the write at
+each step).
 """
 
 from __future__ import annotations
@@ -32,6 +36,29 @@ class CheckpointError(BadFile):
     """A checkpoint folder that is damaged, incomplete or does not fit the model."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """A complete checkpoint of another model (another config): no other checkpoint of the run
+    would fit either, so readers do not fall back from it."""
+
+
+#: older training checkpoints beside ckpt/last: ckpt/step-000008 (train.keep_last)
+STEP_PREFIX = "step-"
+
+
+def step_checkpoints(ckpt: str | Path) -> list[Path]:
+    """The ``ckpt/step-<N>`` folders of a run, newest (highest N) first."""
+    found = [(int(p.name[len(STEP_PREFIX):]), p) for p in Path(ckpt).glob(STEP_PREFIX + "*")
+             if p.name[len(STEP_PREFIX):].isdigit() and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def training_checkpoints(last: str | Path) -> list[Path]:
+    """Every folder that may hold a training checkpoint, newest first: ``ckpt/last``,
+    ``ckpt/last.old`` (a kill mid-write leaves it), then ``ckpt/step-<N>`` from the highest N."""
+    last = Path(last)
+    return [last, last.with_name(last.name + ".old"), *step_checkpoints(last.parent)]
+
+
 def _reached(point: str) -> None:
     """A step of a checkpoint write is done and on disk. Does nothing; the crash tests replace it
     with a kill, so every step of ``save_checkpoint`` is a point where a run may die."""
@@ -46,8 +73,10 @@ def _write_json(path: Path, data: Any) -> None:
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, rng: dict[str, torch.Tensor] | None = None,
-                    meta: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder at ``path``; a crash midway leaves the previous one loadable."""
+                    meta: dict[str, Any] | None = None, keep: int = 1) -> Path:
+    """Write a checkpoint folder at ``path``; a crash midway leaves the previous one loadable.
+    ``keep`` > 1 keeps the one it replaces as ``step-<its meta.step>`` beside it, and up to
+    ``keep - 1`` such folders in all (train.keep_last; the oldest go once the new one is in place)."""
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     if tmp.exists():
@@ -78,18 +107,45 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     fsync(tmp)
     _reached(f"{path.name}: wrote train.json")
     if path.exists():
-        if old.exists():
-            shutil.rmtree(old)  # left by a crash after the last write was complete: path is newer
-            _reached(f"{path.name}: removed stale {old.name}")
+        if old.exists():  # left by a crash after the last write was complete: path is newer
+            _retire(path, old, keep, "stale ")
         os.replace(path, old)
         _reached(f"{path.name}: moved {path.name} to {old.name}")
     os.replace(tmp, path)
     fsync(path.parent)
     _reached(f"{path.name}: moved {tmp.name} to {path.name}")
     if old.exists():
-        shutil.rmtree(old)
-        _reached(f"{path.name}: removed {old.name}")
+        _retire(path, old, keep)
     return path
+
+
+def _retire(path: Path, old: Path, keep: int, how: str = "") -> None:
+    """``old``, a complete checkpoint older than ``path``: kept as ``step-<its step>`` while
+    ``keep`` > 1, the oldest step folders beyond ``keep - 1`` then removed; else removed."""
+    step = _step_of(old) if keep > 1 else None
+    if step is None:
+        shutil.rmtree(old)
+        _reached(f"{path.name}: removed {how}{old.name}")
+        return
+    kept = path.with_name(f"{STEP_PREFIX}{step:06d}")
+    if kept.exists():
+        shutil.rmtree(kept)  # the same step written before, by a run resumed from an older checkpoint
+    os.replace(old, kept)
+    fsync(path.parent)
+    _reached(f"{path.name}: kept {how}{old.name} as a step checkpoint")
+    for oldest in step_checkpoints(path.parent)[keep - 1:]:
+        shutil.rmtree(oldest)
+        _reached(f"{path.name}: removed the oldest step checkpoint")
+
+
+def _step_of(folder: Path) -> int | None:
+    """meta.step of a checkpoint folder's train.json, None when unreadable (the folder is then
+    removed, not kept: a checkpoint without its step is no checkpoint to fall back to)."""
+    try:
+        step = read_json(folder / "train.json")["meta"]["step"]
+    except (BadFile, OSError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
 def _number(value: Any) -> bool:
@@ -151,62 +207,107 @@ def _read(file: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
         raise CheckpointError(str(e)) from None
 
 
+def _check_whole(folder: Path) -> dict[str, Any]:
+    """train.json of a checkpoint folder whose files are all there, unaltered and readable."""
+    info = check_checkpoint(folder)
+    _read(folder / "model.safetensors")
+    if (folder / "train.safetensors").exists():
+        _read(folder / "train.safetensors")
+    return info
+
+
 def recover(path: str | Path, log: Any = None) -> Path:
-    """The newest good checkpoint of tag ``path`` (``ckpt/last``): ``path`` itself, else
-    ``path.old`` that a crash mid-write left behind. A damaged ``path`` is moved to ``path.bad``
-    and the good ``.old`` takes its place, so the next write cannot remove the only good copy.
-    ``log(message)`` is told of every fallback. CheckpointError naming each problem if none is good."""
+    """The newest good training checkpoint of ``path`` (``ckpt/last``), put in place at ``path``:
+    ``path`` itself, else ``path.old`` that a crash mid-write left behind, else the newest good
+    ``step-<N>`` (train.keep_last). The one found moves to ``path``; a damaged ``path`` moves to
+    ``path.bad`` (and a damaged newer step folder to ``<name>.bad``), so the next write can
+    neither remove the only good copy nor keep a damaged one. ``log(message)`` is told of every
+    fallback, in one line. CheckpointError naming each problem if none is good."""
     path = Path(path)
-    old, bad = path.with_name(path.name + ".old"), path.with_name(path.name + ".bad")
-    problems = []
-    for candidate in (path, old):
+    problems: list[tuple[Path, str]] = []
+    for candidate in training_checkpoints(path):
         if not candidate.exists():
-            problems.append(f"{candidate}: missing")
+            problems.append((candidate, f"{candidate}: missing"))
             continue
         try:
-            check_checkpoint(candidate)
-            _read(candidate / "model.safetensors")
-            if (candidate / "train.safetensors").exists():
-                _read(candidate / "train.safetensors")
+            info = _check_whole(candidate)
         except CheckpointError as e:
-            problems.append(str(e))
+            problems.append((candidate, str(e)))
             continue
-        if candidate == old:
-            if path.exists():
-                if bad.exists():
-                    shutil.rmtree(bad)
-                os.replace(path, bad)
-            os.replace(old, path)
-            if log:
-                log(f"{problems[0]}; resuming from the previous checkpoint {old.name} instead"
-                    + (f" (the damaged one is kept in {bad})" if bad.exists() else ""))
+        if candidate != path:
+            kept = []
+            for damaged, _ in problems:  # newer than the good one, and not good
+                if damaged.exists():
+                    bad = damaged.with_name(damaged.name + ".bad")
+                    if bad.exists():
+                        shutil.rmtree(bad)
+                    os.replace(damaged, bad)
+                    kept.append(str(bad))
+            os.replace(candidate, path)
+            fsync(path.parent)
+            if log:  # last's problem, and every damaged one (an absent last.old is no news)
+                said = [msg for c, msg in problems if c == path or not msg.endswith(": missing")]
+                log("; ".join(said) + f"; resuming from the previous checkpoint {candidate.name} "
+                    f"(step {info['meta'].get('step')}) instead"
+                    + (f" (the damaged one is kept in {', '.join(kept)})" if kept else ""))
         return path
     best = path.with_name("best")
     hint = (f"; {best} holds the best weights but no optimizer state: `selmem eval {best}` evaluates it"
             if best.is_dir() and path.name != "best" else "")
-    raise CheckpointError("no usable checkpoint: " + "; ".join(problems) + hint)
+    raise CheckpointError("no usable checkpoint: " + "; ".join(msg for _, msg in problems) + hint)
 
 
 def resumable(path: str | Path) -> bool:
-    """Whether ``recover`` has a checkpoint to look at (``path`` or ``path.old`` exists)."""
+    """Whether ``recover`` has a checkpoint to look at (``path``, ``path.old`` or a step folder)."""
+    return any(p.exists() for p in training_checkpoints(path))
+
+
+def load_newest_good(path: str | Path, model: nn.Module, inference: bool = False, log: Any = None) -> Path:
+    """Load the weights of checkpoint ``path`` (``ckpt/best``, ``ckpt/last``, ...) into ``model``;
+    when it is damaged or missing, those of the newest good training checkpoint beside it
+    (``training_checkpoints``), and ``log(message)`` names, in one line, the damaged one and the
+    one used. The path loaded is returned. Read-only, for readers (eval, inspect, export,
+    generate): nothing is moved, since the run may still be training. A checkpoint that does not
+    fit the model is no damage: CheckpointMismatch at once. A tag other than best or last that is
+    not there is a FileNotFoundError listing the run's checkpoints (a typo is not a fallback).
+    CheckpointError naming each problem when no checkpoint is good."""
     path = Path(path)
-    return path.exists() or path.with_name(path.name + ".old").exists()
+    if not path.exists() and path.name not in ("best", "last"):
+        have = sorted(p.name for p in path.parent.glob("*") if p.is_dir()) if path.parent.is_dir() else []
+        raise FileNotFoundError(f"no checkpoint {path} (the run has: {', '.join(have) or 'none'})")
+    problems: list[str] = []
+    for candidate in [path, *(c for c in training_checkpoints(path.with_name("last")) if c != path)]:
+        if candidate != path and not candidate.exists():
+            continue
+        try:
+            info = load_model_weights(candidate, model, inference)
+        except CheckpointMismatch:
+            raise
+        except (CheckpointError, FileNotFoundError) as e:
+            problems.append(" ".join(str(e).split()))
+            continue
+        if problems and log:
+            step = info.get("meta", {}).get("step")
+            log("; ".join(problems) + f"; using {candidate}" + (f" (step {step})" if step is not None else "")
+                + " instead")
+        return candidate
+    raise CheckpointError(f"no usable checkpoint in {path.parent}: " + "; ".join(problems))
 
 
 #: parameters used in training only (selmem's credit probe): inference can do without them
 TRAIN_ONLY = "probe."
 
 
-def load_model_weights(path: str | Path, model: nn.Module, inference: bool = False) -> None:
-    """Load ``model.safetensors`` from a checkpoint folder, naming what does not fit. With
-    ``inference`` the train-time-only parameters (``probe.*``) may be absent or differ: evaluating
-    a model does not need the teacher it was trained with (they keep the model's own values)."""
+def load_model_weights(path: str | Path, model: nn.Module, inference: bool = False) -> dict[str, Any]:
+    """Load ``model.safetensors`` from a checkpoint folder, naming what does not fit; returns its
+    train.json ({} for a folder without one). With ``inference`` the train-time-only parameters
+    (``probe.*``) may be absent or differ: evaluating a model does not need the teacher it was
+    trained with (they keep the model's own values). Every check comes before the model changes."""
     path = Path(path)
     file = path / "model.safetensors"
     if not file.is_file():
         raise FileNotFoundError(f"no model.safetensors in checkpoint {path}")
-    if (path / "train.json").is_file():
-        check_checkpoint(path)
+    info = check_checkpoint(path) if (path / "train.json").is_file() else {}
     state = _read(file, device=str(next(model.parameters()).device))
     own = model.state_dict()
     if inference:
@@ -217,10 +318,11 @@ def load_model_weights(path: str | Path, model: nn.Module, inference: bool = Fal
     resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                if k in state and state[k].shape != v.shape]
     if missing or unexpected or resized:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
+        raise CheckpointMismatch(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, shape (checkpoint vs model) {resized[:5]} "
                               "(was it trained with another config or model?)")
     model.load_state_dict(state)
+    return info
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -258,7 +258,8 @@ class Trainer:
             if world.main and (evaluate_now or (tc.ckpt_every and step % tc.ckpt_every == 0)):
                 checkpoint.save_checkpoint(self.run_dir / "ckpt" / "last", model, opt, sched, rng_state(),
                                            meta={"step": step, "best": best, "elapsed": time.time() - start,
-                                                 **({"skipped": skipped} if skipped else {})})
+                                                 **({"skipped": skipped} if skipped else {})},
+                                           keep=tc.keep_last)
             if out_of_time:
                 break
         progress.close()

@@ -6,6 +6,7 @@ runs/<name>/
   env.json        git hash, torch version, device, CPU count, python
   metrics.jsonl   one JSON object per logged step / evaluation
   ckpt/last/      checkpoint for --resume;  ckpt/best/  best test metric so far
+  ckpt/step-<N>/  the train.keep_last - 1 checkpoints before last, for a fallback when it is damaged
   results.json    final numbers
   run.lock        held (fcntl.flock) by the one process writing the folder, with its pid
 """

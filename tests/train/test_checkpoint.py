@@ -148,3 +148,30 @@ def test_inference_loading_does_without_the_train_time_probe(tmp_path):
     assert all(torch.equal(plain.state_dict()[k], v) for k, v in shared.items())
     save_checkpoint(tmp_path / "plain", plain)
     load_model_weights(tmp_path / "plain", model, inference=True)  # probe missing: kept as it was
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_keep_last_keeps_that_many_training_checkpoints_the_newest(tmp_path, keep):
+    """train.keep_last=N: ckpt/last and the N - 1 checkpoints before it as ckpt/step-<step>, each
+    complete; keep_last=1 is the layout of before (last and best only)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from selmem.experiment import ExperimentConfig
+    from selmem.train.loop import train
+
+    exp = ExperimentConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
+    exp = replace(exp, train=replace(exp.train, out_dir=str(tmp_path), name="r", steps=8, eval_every=2,
+                                     keep_last=keep, progress=False))
+    train(exp)
+    ckpt = tmp_path / "r" / "ckpt"
+    older = [f"step-{s:06d}" for s in (6, 4, 2)][: keep - 1]  # checkpoints at 2, 4, 6 and 8 (last)
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(["best", "last", *older])
+    steps = [checkpoint.check_checkpoint(p)["meta"]["step"] for p in checkpoint.training_checkpoints(ckpt / "last")
+             if p.exists()]
+    assert steps == [8, 6, 4][:keep]
+
+
+def test_keep_last_below_one_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"train\.keep_last must be >= 1, got 0"):
+        TrainConfig(keep_last=0).validate()

@@ -43,20 +43,20 @@ def model_at(step: int):
     return model, opt, build_scheduler(opt, TrainConfig(steps=10, warmup=2))
 
 
-def save(folder: Path, step: int) -> None:
+def save(folder: Path, step: int, keep: int = 1) -> None:
     model, opt, sched = model_at(step)
-    save_checkpoint(folder / "last", model, opt, sched, rng_state(), meta={"step": step})
+    save_checkpoint(folder / "last", model, opt, sched, rng_state(), meta={"step": step}, keep=keep)
 
 
-def kill_points(folder: Path) -> list[list[str]]:
-    """The points of each of WRITES checkpoint writes in a row, as save_checkpoint marks them
-    (tests/reliability.py counts them for docs/RELIABILITY.md)."""
+def kill_points(folder: Path, keep: int = 1) -> list[list[str]]:
+    """The points of each of WRITES checkpoint writes in a row, as save_checkpoint marks them,
+    keeping ``keep`` training checkpoints (tests/reliability.py counts them for docs/RELIABILITY.md)."""
     seen: list[list[str]] = []
     marker, checkpoint._reached = checkpoint._reached, lambda point: seen[-1].append(point)
     try:
         for step in range(1, WRITES + 1):
             seen.append([])
-            save(folder, step)
+            save(folder, step, keep)
     finally:
         checkpoint._reached = marker
     return seen
@@ -70,15 +70,23 @@ def loaded_step(folder: Path) -> int:
     return meta["step"]
 
 
-def test_a_kill_at_each_point_of_a_checkpoint_write_leaves_one_that_loads(tmp_path, monkeypatch):
-    points = kill_points(tmp_path / "trace")
+#: train.keep_last values the kill test runs with: only last; last and one step folder, so that the
+#: third write removes the oldest (WRITES > KEEP[-1])
+KEEP = [1, 2]
+
+
+@pytest.mark.parametrize("keep", KEEP, ids=[f"keep_last={k}" for k in KEEP])
+def test_a_kill_at_each_point_of_a_checkpoint_write_leaves_one_that_loads(tmp_path, monkeypatch, keep):
+    points = kill_points(tmp_path / "trace", keep)
     assert len(points[0]) >= 4 and any("moved last to last.old" in p for p in points[1])
+    if keep > 1:
+        assert "last: removed the oldest step checkpoint" in points[2], points[2]
     tried = 0
     for write, names in enumerate(points):
         for k, name in enumerate(names):
             folder = tmp_path / f"w{write}-k{k}"
             for step in range(1, write + 1):
-                save(folder, step)
+                save(folder, step, keep)
 
             def die(point, name=name):
                 if point == name:
@@ -86,7 +94,7 @@ def test_a_kill_at_each_point_of_a_checkpoint_write_leaves_one_that_loads(tmp_pa
 
             monkeypatch.setattr(checkpoint, "_reached", die)
             with pytest.raises(Killed):
-                save(folder, write + 1)
+                save(folder, write + 1, keep)
             monkeypatch.undo()
             if write == 0 and k < names.index("last: moved last.tmp to last"):
                 # killed before the first checkpoint existed: nothing to resume, and it says so
@@ -97,8 +105,13 @@ def test_a_kill_at_each_point_of_a_checkpoint_write_leaves_one_that_loads(tmp_pa
                 new = k >= names.index("last: moved last.tmp to last")
                 assert loaded_step(folder) == (write + 1 if new else write), f"killed after {name!r}"
             for step in range(write + 2, WRITES + 2):  # the run goes on: later writes still work
-                save(folder, step)
+                save(folder, step, keep)
             assert loaded_step(folder) == WRITES + 1
+            kept = checkpoint.step_checkpoints(folder)  # at most keep - 1 beside last, each good
+            assert len(kept) <= keep - 1, [p.name for p in kept]
+            for older in kept:
+                checkpoint.check_checkpoint(older)
+                assert int(older.name.split("-")[1]) < WRITES + 1
             tried += 1
     assert tried == sum(map(len, points))
 
@@ -134,7 +147,7 @@ SIGKILLS = [
     ("batch", 5, "fetching train batch 5, one step past the checkpoint of step 4"),
     ("last: moved last to last.old", 2, "between the two renames of the step-8 checkpoint"),
     ("last: wrote train.json", 2, "with the step-10 checkpoint complete in last.tmp, not yet moved"),
-    ("last: removed last.old", 2, "after the final checkpoint, before results.json"),
+    ("last: kept last.old as a step checkpoint", 2, "after the final checkpoint, before results.json"),
 ]
 
 CHILD = """
