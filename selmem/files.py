@@ -56,10 +56,12 @@ def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         raise BadFile(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
 
 
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (checkpoints record it to catch damage safetensors cannot see)."""
+def sha256(path: str | Path, start: int = 0) -> str:
+    """Hex SHA-256 of a file's bytes from byte ``start`` on (checkpoints record it to catch damage
+    safetensors cannot see; a state file records that of its data, which follow the header)."""
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
+        f.seek(start)
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

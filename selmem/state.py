@@ -9,6 +9,7 @@ carrying them: carrying them would double the state without adding information.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -101,21 +102,75 @@ class MemoryState:
     def to(self, device: torch.device | str) -> MemoryState:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    def check(self, where: str = "state") -> MemoryState:
+        """Raise ValueError naming the field whose shape or dtype does not fit the others: slots
+        (L, B, M, d_mem) floating, usage and age (L, B, M) of slots' dtype, provenance (L, B, M)
+        and position (B,) long. ``where`` starts the message (a file's path when loading one)."""
+        if self.slots.dim() != 4 or not self.slots.is_floating_point():
+            raise ValueError(f"{where}: slots must be a float tensor (L, B, M, d_mem), got "
+                             f"{self.slots.dtype} of shape {tuple(self.slots.shape)}")
+        L, B, M, _ = self.slots.shape
+        want = {"usage": ((L, B, M), self.slots.dtype), "age": ((L, B, M), self.slots.dtype),
+                "provenance": ((L, B, M), torch.long), "position": ((B,), torch.long)}
+        for name, (shape, dtype) in want.items():
+            t = getattr(self, name)
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(f"{where}: {name} must be {dtype} of shape {shape} for slots of shape "
+                                 f"{tuple(self.slots.shape)}, got {t.dtype} of shape {tuple(t.shape)}")
+        return self
+
     def save(self, path: str | Path) -> None:
-        """Write the state as safetensors (atomically: a crash never leaves half a file)."""
+        """Write the state as safetensors, atomically (a crash never leaves half a file), with the
+        SHA-256 of its data in the header's metadata, as checkpoints record theirs in train.json:
+        ``load`` refuses a file whose bytes changed."""
+        from selmem.files import fsync, sha256
+
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tensors = {f.name: getattr(self, f.name).detach().contiguous().cpu() for f in fields(self)}
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp))  # the data's bytes do not depend on the metadata written with them
+        digest = sha256(tmp, _data_start(tmp))
+        save_file(tensors, str(tmp), metadata={"sha256": digest})
+        if sha256(tmp, _data_start(tmp)) != digest:
+            raise RuntimeError(f"{tmp}: the data moved when the checksum was added (a safetensors change?)")
+        fsync(tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> MemoryState:
-        """Read a state written by ``save``; raises ValueError naming a missing tensor."""
-        from selmem.files import read_tensors
+        """Read a state written by ``save``; BadFile (a ValueError) naming the file when it is
+        not a readable safetensors file, its data differ from their recorded SHA-256 (files
+        saved before it was recorded have none), a tensor is missing or one has the wrong shape
+        or dtype (``check``)."""
+        from selmem.files import BadFile, read_tensors, sha256
 
-        tensors = read_tensors(path, device)
+        path = Path(path)
+        tensors = read_tensors(path, device)  # a file safetensors cannot read fails here
+        meta = _header(path).get("__metadata__")
+        if meta is not None:  # absent only in files saved before the checksum was recorded
+            want = meta.get("sha256") if isinstance(meta, dict) else None
+            if not isinstance(want, str):
+                raise BadFile(f"{path}: damaged (its header's metadata holds no sha256)")
+            if sha256(path, _data_start(path)) != want:
+                raise BadFile(f"{path}: damaged (the SHA-256 of its data differs from the one in its header)")
         missing = [f.name for f in fields(cls) if f.name not in tensors]
         if missing:
-            raise ValueError(f"{path} is not a MemoryState file: missing {missing}")
-        return cls(**{f.name: tensors[f.name] for f in fields(cls)})
+            raise BadFile(f"{path} is not a MemoryState file: missing {missing}")
+        state = cls(**{f.name: tensors[f.name] for f in fields(cls)})
+        try:
+            return state.check(str(path))
+        except ValueError as e:
+            raise BadFile(str(e)) from None
+
+
+def _header(path: Path) -> dict:
+    """The JSON header of a safetensors file (8 bytes of its length, little-endian, then it)."""
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n))
+
+
+def _data_start(path: Path) -> int:
+    """Where a safetensors file's tensor data begin: after the 8-byte length and the header."""
+    with path.open("rb") as f:
+        return 8 + int.from_bytes(f.read(8), "little")

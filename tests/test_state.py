@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 
 import pytest
@@ -86,3 +87,36 @@ def test_load_rejects_other_files(tmp_path):
     save_file({"slots": torch.zeros(1, 1, 1, 1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(ValueError, match=r"not a MemoryState file: missing \['usage'"):
         MemoryState.load(tmp_path / "x.safetensors")
+
+
+def test_every_flipped_byte_of_a_state_file_is_refused_naming_it(tmp_path):
+    """The data's SHA-256 in the header catches what safetensors cannot see (a flipped data byte
+    loaded silently before); a flipped header byte breaks the header or its recorded hash."""
+    from selmem.files import BadFile
+
+    path = tmp_path / "s.safetensors"
+    tiny_model().forward_sequence(tokens(2, 12), segment_len=5).state.save(path)
+    raw = path.read_bytes()
+    for i in range(len(raw)):
+        path.write_bytes(raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1:])
+        with pytest.raises(BadFile, match=re.escape(str(path))):
+            MemoryState.load(path)
+    path.write_bytes(raw)
+    MemoryState.load(path)  # the undamaged file still loads
+
+
+@pytest.mark.parametrize("position", [torch.zeros(3, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long),
+                                      torch.zeros(2), torch.zeros(2, dtype=torch.int32)],
+                         ids=["other-batch", "2-d", "float", "int32"])
+def test_a_state_file_with_a_wrong_position_is_refused_by_name(tmp_path, position):
+    """position is (B,) long: another shape or dtype, saved consistently (the hash matches), is
+    refused naming the file and the field, before forward would misread it."""
+    from dataclasses import replace
+
+    from selmem.files import BadFile
+
+    state = replace(tiny_model().init_state(2), position=position)
+    path = tmp_path / "s.safetensors"
+    state.save(path)
+    with pytest.raises(BadFile, match=re.escape(str(path)) + r": position must be torch.int64 of shape \(2,\)"):
+        MemoryState.load(path)
