@@ -47,6 +47,8 @@ def rows() -> list[tuple[str, str, str]]:
     from tests import test_config as config
     from tests import test_generate as gen
     from tests import test_security as sec
+    from tests import test_state as state
+    from tests.train import test_checkpoint as ckpt
     from tests.train import test_crash as crash
     from tests.train import test_loop as loop
     from tests.train import test_nonfinite as nan
@@ -54,8 +56,9 @@ def rows() -> list[tuple[str, str, str]]:
     from tests.train import test_run as rundir
 
     with tempfile.TemporaryDirectory() as tmp:
-        points = crash.kill_points(Path(tmp))
-    per_write = " + ".join(str(len(p)) for p in points)
+        traced = {keep: crash.kill_points(Path(tmp) / f"keep{keep}", keep) for keep in crash.KEEP}
+    writes = {keep: " + ".join(str(len(p)) for p in points) for keep, points in traced.items()}
+    points = traced[crash.KEEP[0]]
     kills = "; ".join(f"{what!r} #{n}: {why}" for what, n, why in crash.SIGKILLS)
     fuzz = [bad.test_a_bad_config_is_one_line_naming_the_file, bad.test_a_bad_train_json_is_named,
             bad.test_a_bad_safetensors_file_is_named, bad.test_a_bad_state_file_is_named,
@@ -66,9 +69,11 @@ def rows() -> list[tuple[str, str, str]]:
     return [
         ("Atomic checkpoints: a kill at any step of a checkpoint write leaves one that resume finds and loads",
          ref(crash, crash.test_a_kill_at_each_point_of_a_checkpoint_write_leaves_one_that_loads),
-         f"{sum(map(len, points))} kill points ({per_write} over {len(points)} writes in a row: fresh, "
-         "replacing, replacing again), each followed by recovery, a load that checks the weights' step, "
-         "and the rest of the writes"),
+         f"{sum(sum(map(len, p)) for p in traced.values())} kill points over {len(points)} writes in a row "
+         "(fresh, replacing, replacing again): "
+         + ", ".join(f"{writes[k]} with train.keep_last={k}" for k in crash.KEEP)
+         + ", each followed by recovery, a load that checks the weights' step, the rest of the writes, and "
+         "at most keep_last - 1 good step checkpoints beside last"),
         ("A damaged checkpoint is named in one line and resume falls back to the newest good one, saying so",
          ref(crash, crash.test_damaged_last_is_named_and_the_previous_checkpoint_takes_over),
          f"{cases(crash.test_damaged_last_is_named_and_the_previous_checkpoint_takes_over)} damages "
@@ -83,10 +88,33 @@ def rows() -> list[tuple[str, str, str]]:
          + ", ".join(f"{examples(f)} {name}" for f, name in zip(fuzz, [
              "YAML configs: random bytes, truncations, wrong types", "train.json: random bytes, "
              "truncations, wrong types", "safetensors: random bytes, truncations, flipped bytes, wrong shapes",
-             "state files: random bytes", "metrics.jsonl: torn last lines, garbage lines, wrong types"],
+             "state files: random bytes, truncations, flipped bytes", "metrics.jsonl: torn last lines, garbage lines, wrong types"],
              strict=True))
          + f"), plus {sum(map(cases, fixed))} fixed cases: "
          + ", ".join(ref(bad if f.__module__ == bad.__name__ else crash, f) for f in fixed)),
+        ("A rolling set of good checkpoints: ckpt/last and the train.keep_last - 1 before it as "
+         "ckpt/step-N; resume falls back past a damaged last to the newest good one, and eval, inspect, "
+         "export and generate past a damaged best (or last), each naming in one line the damaged file and "
+         "the checkpoint used, without changing the run",
+         f"{ref(bad, bad.test_a_damaged_best_falls_back_to_last_and_says_so)}, "
+         f"{ref(bad, bad.test_resume_with_a_damaged_last_falls_back_to_the_previous_step_checkpoint_and_finishes)}, "
+         f"{ref(ckpt, ckpt.test_keep_last_keeps_that_many_training_checkpoints_the_newest)}, "
+         f"{ref(ckpt, ckpt.test_keep_last_below_one_is_refused_by_name)}",
+         f"{cases(bad.test_a_damaged_best_falls_back_to_last_and_says_so)} reads ("
+         + ", ".join(bad.READERS) + " x truncated, flipped byte in best's model.safetensors), every "
+         f"checkpoint file unchanged; {cases(bad.test_resume_with_a_damaged_last_falls_back_to_the_previous_step_checkpoint_and_finishes)} "
+         "damaged lasts (truncated, flipped byte x model.safetensors, train.safetensors, train.json) resumed "
+         "from step-000002 to the undamaged run's checkpoint; keep_last "
+         + ", ".join(ids(ckpt.test_keep_last_keeps_that_many_training_checkpoints_the_newest, "keep"))
+         + " each leave exactly that many; keep_last=0 refused naming train.keep_last"),
+        ("A state file carries the SHA-256 of its data (in its safetensors header, as a checkpoint's "
+         "train.json records its files'); a changed byte, or a field of the wrong shape or dtype "
+         "(position included), is refused in one line naming the file (and the field)",
+         f"{ref(state, state.test_every_flipped_byte_of_a_state_file_is_refused_naming_it)}, "
+         f"{ref(state, state.test_a_state_file_with_a_wrong_position_is_refused_by_name)}",
+         "every byte of a saved state flipped in turn; "
+         f"{cases(state.test_a_state_file_with_a_wrong_position_is_refused_by_name)} positions ("
+         + ", ".join(ids(state.test_a_state_file_with_a_wrong_position_is_refused_by_name, "position")) + ")"),
         ("An empty config file is an error; leaving out --config gives the defaults",
          f"{ref(bad, bad.test_the_cases_of_the_issue)} (`empty`), {ref(bad, bad.test_no_config_is_the_defaults)}",
          "empty, comment-only and null files (tests/test_config.py::test_empty_yaml_is_an_error_not_the_defaults)"),
