@@ -6,9 +6,16 @@ after a command lists the fields with their docstrings.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import difflib
+import io
+import itertools
 import json
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +58,87 @@ def pop_config(args: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
+def parse(cls: Any, args: list[str], prog: str, **kw: Any) -> Any:
+    """``tyro.cli(cls, args=args, prog=prog, **kw)``, a rejected command line raised as a one-line
+    ValueError naming the flag and what is wrong ("--model.slots takes an int, got 'abc'"), where tyro
+    prints a box of 8-10 lines (issue 28). The reasons come from tyro's parse-error hook
+    (``tyro._errors``, private: pinned nowhere, so without it the box is squeezed into one line);
+    ``--help`` is untouched."""
+    try:
+        from tyro._errors import on_parse_error
+    except ImportError:  # an older or newer tyro
+        on_parse_error = None
+    err = io.StringIO()
+    hook = on_parse_error(lambda event: _reject(event, cls, args)) if on_parse_error else contextlib.nullcontext()
+    try:
+        with contextlib.redirect_stderr(err), hook:
+            out = tyro.cli(cls, args=args, prog=prog, **kw)
+    except SystemExit as e:
+        if e.code:  # tyro's own box: its first section (up to a rule or the bottom), one line
+            rows = [line.strip().strip("\u2502").strip() for line in err.getvalue().strip().splitlines()[1:]]
+            text = " ".join(itertools.takewhile(lambda row: row.strip("\u2500\u2570\u256f"), rows))
+            raise ValueError(text or f"tyro refused {' '.join(args)!r}") from None
+        sys.stderr.write(err.getvalue())  # --help
+        raise
+    sys.stderr.write(err.getvalue())  # tyro's warnings, if any
+    return out
+
+
+def _reject(event: Any, cls: Any, args: list[str]) -> None:
+    """tyro's parse-error hook: raise one line for the events we know, else return (tyro's box)."""
+    name = type(event).__name__
+    arg = getattr(event, "argument", None)
+    flag = arg and ("/".join(arg.lowered.name_or_flags) or str(arg.lowered.metavar))
+    if name == "InstantiationFailure" and arg is None:  # a ValueError of the config class itself
+        raise ValueError(event.message)
+    if name in ("InstantiationFailure", "InvalidChoice"):
+        given = _given(args, arg.lowered.name_or_flags)
+        choices = getattr(event, "choices", None) or arg.lowered.choices
+        kind = (f"one of {', '.join(map(str, choices))}" if choices else
+                {"INT": "an int", "FLOAT": "a float", "STR": "a string"}.get(str(arg.lowered.metavar),
+                                                                          str(arg.lowered.metavar)))
+        raise ValueError(f"{flag} takes {kind}, got {given!r}" if given is not None else f"{flag}: {event.message}")
+    if name == "UnrecognizedArgs":
+        flags = [t for t in event.tokens if t.startswith("-")]
+        if not flags:
+            raise ValueError(f"unexpected argument {event.tokens[0]!r} (see {event.prog} --help)")
+        close = difflib.get_close_matches(flags[0].split("=")[0].replace("_", "-"), sorted(_flags(cls)), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"see {event.prog} --help"
+        raise ValueError(f"unknown flag{'s' * (len(flags) > 1)} {', '.join(flags)} ({hint})")
+    if name == "MissingArgs":
+        missing = [f"argument {a.arg.lowered.name_or_flags[0]}" if a.arg.is_positional() else
+                   "/".join(a.arg.lowered.name_or_flags) for a in event.missing_arguments]
+        raise ValueError(f"missing {', '.join(missing)} (see {event.prog} --help)")
+    if name == "BadValue" and event.reason == "too_few_values":
+        raise ValueError(f"{flag} needs a value")
+
+
+def _given(args: list[str], flags: tuple[str, ...]) -> str | None:
+    """The value ``args`` gives one of ``flags`` (``--flag value`` or ``--flag=value``), last one wins."""
+    names, value = {f.replace("_", "-") for f in flags}, None
+    for i, a in enumerate(args):
+        key, sep, rest = a.partition("=")
+        if key.replace("_", "-") in names:
+            value = rest if sep else (args[i + 1] if i + 1 < len(args) else None)
+    return value
+
+
+def _flags(cls: Any, prefix: str = "--") -> set[str]:
+    """Every ``--a.b-c`` flag of a dataclass, nested dataclasses and unions of them (tasks) included."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # a name only importable for type checking: no suggestions
+        return set()
+    out: set[str] = set()
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name.replace("_", "-")
+        t = hints.get(f.name)
+        members = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+        nested = [m for m in members if dataclasses.is_dataclass(m)]
+        out |= set().union(*(_flags(m, name + ".") for m in nested)) if nested else {name}
+    return out
+
+
 def parse_on_config(args: list[str], cls: type, default: Callable[[Any], Any], prog: str, **kw: Any):
     """Parse ``cls`` from ``args``, starting from ``default(experiment)`` where the experiment is
     ``--config FILE.yaml`` (or the defaults without one)."""
@@ -58,7 +146,7 @@ def parse_on_config(args: list[str], cls: type, default: Callable[[Any], Any], p
 
     path, rest = pop_config(args)
     base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
-    return tyro.cli(cls, args=rest, default=default(base), prog=prog, **kw)
+    return parse(cls, rest, prog, default=default(base), **kw)
 
 
 def parse_experiment(args: list[str], prog: str):
@@ -163,7 +251,7 @@ def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None,
 def cmd_eval(args: list[str]) -> int:
     from selmem.train.loop import evaluate, resolve_device
 
-    a = tyro.cli(EvalArgs, args=args, prog="selmem eval")
+    a = parse(EvalArgs, args, "selmem eval")
     exp, model, task = load_run(a.run, a.ckpt, a.task_set, a.model_set)
     device = resolve_device(exp.train.device)
     test = task.test_set(a.batches or exp.train.eval_batches, exp.train.batch_size)
@@ -190,7 +278,7 @@ class InspectArgs:
 def cmd_inspect(args: list[str]) -> int:
     from selmem.analysis.inspect import inspect_run
 
-    a = tyro.cli(InspectArgs, args=args, prog="selmem inspect")
+    a = parse(InspectArgs, args, "selmem inspect")
     page = inspect_run(a.run, a.ckpt or None, a.examples, a.out or None)
     print(f"wrote {page} (open it in a browser; the PNGs sit next to it)")
     return 0
@@ -217,7 +305,7 @@ def cmd_ablate(args: list[str]) -> int:
 def cmd_length(args: list[str]) -> int:
     from selmem.analysis.length import LengthArgs, length
 
-    a = tyro.cli(LengthArgs, args=args, prog="selmem length")
+    a = parse(LengthArgs, args, "selmem length")
     out_dir, table = length(a.folders, a.length)
     print(f"\n{table}\n\nwritten to {out_dir}/ (results.md, results.json, length.png)")
     return 0
@@ -245,7 +333,7 @@ class ReportArgs:
 def cmd_report(args: list[str]) -> int:
     from selmem.analysis.report import report
 
-    a = tyro.cli(ReportArgs, args=args, prog="selmem report")
+    a = parse(ReportArgs, args, "selmem report")
     print(f"wrote {report(a.folders, a.out, a.title)}")
     return 0
 
@@ -266,7 +354,7 @@ def cmd_tasks(args: list[str]) -> int:
     from selmem.tasks import describe_tasks
     from selmem.tasks.shortcuts import report
 
-    a = tyro.cli(TasksArgs, args=args, prog="selmem tasks")
+    a = parse(TasksArgs, args, "selmem tasks")
     if not a.config:
         print(describe_tasks())
         return 0
@@ -327,7 +415,7 @@ def cmd_generate(args: list[str]) -> int:
     from selmem.generate import encode_prompt, stream
     from selmem.train.loop import resolve_device
 
-    a = tyro.cli(GenerateArgs, args=args, prog="selmem generate")
+    a = parse(GenerateArgs, args, "selmem generate")
     if a.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     if not a.temperature >= 0 or a.temperature == float("inf"):  # NaN fails >= too
@@ -369,7 +457,7 @@ class ExportArgs:
 
 
 def cmd_export(args: list[str]) -> int:
-    a = tyro.cli(ExportArgs, args=args, prog="selmem export")
+    a = parse(ExportArgs, args, "selmem export")
     from selmem.hf import export_run
 
     path = export_run(a.run, a.out, a.ckpt, a.force)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,11 +224,37 @@ def test_other_errors_exit_2(tmp_path, monkeypatch, capsys, argv, match):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_choice_on_the_command_line_exits_2(capsys):
-    with pytest.raises(SystemExit) as exit_:  # tyro rejects it while parsing, before any work
-        main(["train", "--config", SMOKE, "--model.select", "sometimes"])
-    assert exit_.value.code == 2
-    assert "sometimes" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        pytest.param(["train", "--model.slots", "abc"], "--model.slots takes an int, got 'abc'", id="bad-int"),
+        pytest.param(["train", "--model.slots=1.5"], "--model.slots takes an int, got '1.5'", id="bad-int-equals"),
+        pytest.param(["train", "--train.lr", "fast"], "--train.lr takes a float, got 'fast'", id="bad-float"),
+        pytest.param(["train", "--model.select", "sometimes"], "--model.select takes one of soft, hard, topk, ",
+                     id="bad-choice"),
+        pytest.param(["train", "--no-such-flag"], "unknown flag --no-such-flag (see selmem train --help)",
+                     id="unknown-flag"),
+        pytest.param(["train", "--model.slot", "3"], "unknown flag --model.slot (did you mean --model.slots?)",
+                     id="misspelt-flag"),
+        pytest.param(["train", "--train.lr"], "--train.lr needs a value", id="missing-value"),
+        pytest.param(["eval"], "missing argument run (see selmem eval --help)", id="missing-positional"),
+        pytest.param(["eval", "a", "b"], "unexpected argument 'b'", id="extra-positional"),
+        pytest.param(["generate", "r", "--top-k", "x"], "--top-k takes an int, got 'x'", id="generate-flag"),
+    ],
+)
+def test_a_bad_command_line_is_one_line_naming_the_flag(argv, message, capsys):
+    """tyro rejects these while parsing, before any work; it printed a box of 8-10 lines (issue 28)."""
+    assert main([argv[0], "--config", SMOKE, *argv[1:]] if argv[0] == "train" else argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"selmem {argv[0]}: error: {message}") and err.count("\n") == 1, err
+
+
+def test_without_tyros_error_hook_its_box_is_one_line_too(monkeypatch, capsys):
+    """tyro._errors is private: a tyro without it still gives one line, the box's first section."""
+    monkeypatch.setitem(sys.modules, "tyro._errors", None)  # the import in selmem.cli.parse fails
+    assert main(["train", "--config", SMOKE, "--model.slots", "abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model.slots" in err and "'abc'" in err and "\u2502" not in err, err
 
 
 @pytest.mark.parametrize(
