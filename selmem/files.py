@@ -6,18 +6,42 @@ as it is. Only safe formats: JSON, YAML through ``safe_load`` (config.py), safet
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 
 class BadFile(ValueError):
     """A file that exists but cannot be used: damaged, truncated or of the wrong shape."""
+
+
+class WriteError(OSError):
+    """A file that could not be written (a full disk, a read-only folder), named in one line."""
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Raise an OSError (or safetensors' SafetensorError, which wraps it) inside as a WriteError
+    ``"PATH: cannot write it (No space left on device, errno 28)"``: a full disk gave
+    ``[Errno 28] No space left on device`` naming no file (issue 28). A WriteError from an inner
+    ``writing`` passes unchanged, so the innermost file is the one named."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, SafetensorError) as e:
+        errno = getattr(e, "errno", None)
+        why = (f"{e.strerror}, errno {errno}" if isinstance(e, OSError) and e.strerror else _one_line(e))
+        err = WriteError(f"{path}: cannot write it ({why})")
+        err.errno = errno
+        raise err from None
 
 
 def _one_line(e: BaseException) -> str:

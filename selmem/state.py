@@ -122,19 +122,20 @@ class MemoryState:
     def save(self, path: str | Path) -> None:
         """Write the state as safetensors, atomically (a crash never leaves half a file), with the
         SHA-256 of its data in the header's metadata, as checkpoints record theirs in train.json:
-        ``load`` refuses a file whose bytes changed."""
-        from selmem.files import fsync, sha256
+        ``load`` refuses a file whose bytes changed. An OSError (a full disk) names the file."""
+        from selmem.files import fsync, sha256, writing
 
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tensors = {f.name: getattr(self, f.name).detach().contiguous().cpu() for f in fields(self)}
-        save_file(tensors, str(tmp))  # the data's bytes do not depend on the metadata written with them
-        digest = sha256(tmp, _data_start(tmp))
-        save_file(tensors, str(tmp), metadata={"sha256": digest})
-        if sha256(tmp, _data_start(tmp)) != digest:
-            raise RuntimeError(f"{tmp}: the data moved when the checksum was added (a safetensors change?)")
-        fsync(tmp)
-        tmp.replace(path)
+        with writing(path):
+            save_file(tensors, str(tmp))  # the data's bytes do not depend on the metadata written with them
+            digest = sha256(tmp, _data_start(tmp))
+            save_file(tensors, str(tmp), metadata={"sha256": digest})
+            if sha256(tmp, _data_start(tmp)) != digest:
+                raise RuntimeError(f"{tmp}: the data moved when the checksum was added (a safetensors change?)")
+            fsync(tmp)
+            tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> MemoryState:

@@ -120,3 +120,18 @@ def test_a_state_file_with_a_wrong_position_is_refused_by_name(tmp_path, positio
     state.save(path)
     with pytest.raises(BadFile, match=re.escape(str(path)) + r": position must be torch.int64 of shape \(2,\)"):
         MemoryState.load(path)
+
+
+def test_a_full_disk_names_the_state_file(tmp_path, monkeypatch):
+    """A full disk made save_file raise a SafetensorError naming no file (issue 28)."""
+    from safetensors import SafetensorError
+
+    from selmem import state as state_module
+
+    def full(tensors, filename, *args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr(state_module, "save_file", full)
+    with pytest.raises(OSError, match=re.escape(f"{tmp_path / 's.safetensors'}: cannot write it (") + ".*No space"):
+        tiny_model().init_state(1).save(tmp_path / "s.safetensors")

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from selmem.files import BadFile, fsync, read_json, read_tensors, sha256
+from selmem.files import BadFile, fsync, read_json, read_tensors, sha256, writing
 
 TENSOR_FILES = ("model.safetensors", "train.safetensors")
 
@@ -65,10 +65,16 @@ def _reached(point: str) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    with path.open("w") as f:
+    with writing(path), path.open("w") as f:
         f.write(json.dumps(data, indent=1))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    with writing(path):  # a full disk raises SafetensorError naming no file
+        save_file(tensors, str(path))
+        fsync(path)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -76,15 +82,21 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                     meta: dict[str, Any] | None = None, keep: int = 1) -> Path:
     """Write a checkpoint folder at ``path``; a crash midway leaves the previous one loadable.
     ``keep`` > 1 keeps the one it replaces as ``step-<its meta.step>`` beside it, and up to
-    ``keep - 1`` such folders in all (train.keep_last; the oldest go once the new one is in place)."""
+    ``keep - 1`` such folders in all (train.keep_last; the oldest go once the new one is in place).
+    An OSError (a full disk) is raised naming the file or folder being written (``files.writing``)."""
     path = Path(path)
+    with writing(path):
+        return _save_checkpoint(path, model, optimizer, scheduler, rng, meta, keep)
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any,
+                     rng: dict[str, torch.Tensor] | None, meta: dict[str, Any] | None, keep: int) -> Path:
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     if tmp.exists():
         shutil.rmtree(tmp)  # a write that died before it was complete
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"))
-    fsync(tmp / "model.safetensors")
+    _save_tensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                  tmp / "model.safetensors")
     _reached(f"{path.name}: wrote model.safetensors")
     tensors: dict[str, torch.Tensor] = {}
     info: dict[str, Any] = {"meta": meta or {}}
@@ -99,12 +111,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     for k, v in (rng or {}).items():
         tensors[f"rng.{k}"] = v.contiguous().cpu()
     if tensors:
-        save_file(tensors, str(tmp / "train.safetensors"))
-        fsync(tmp / "train.safetensors")
+        _save_tensors(tensors, tmp / "train.safetensors")
         _reached(f"{path.name}: wrote train.safetensors")
     info["sha256"] = {name: sha256(tmp / name) for name in TENSOR_FILES if (tmp / name).exists()}
     _write_json(tmp / "train.json", info)
-    fsync(tmp)
+    with writing(tmp):
+        fsync(tmp)
     _reached(f"{path.name}: wrote train.json")
     if path.exists():
         if old.exists():  # left by a crash after the last write was complete: path is newer

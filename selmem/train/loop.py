@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from selmem.baselines import params, train_only_params
 from selmem.experiment import ExperimentConfig, build
+from selmem.files import writing
 from selmem.metrics import memory_metrics
 from selmem.model import SelectiveMemoryTransformer
 from selmem.state import NonFiniteState
@@ -172,9 +173,11 @@ class Trainer:
             model, task = build(exp)
             if world.main:
                 run.write_command(run_dir)
-                exp.to_yaml(run_dir / "config.yaml")
-                (run_dir / "env.json").write_text(json.dumps({**run.environment(device),
-                                                              "world_size": world.size}, indent=1))
+                with writing(run_dir / "config.yaml"):
+                    exp.to_yaml(run_dir / "config.yaml")
+                with writing(run_dir / "env.json"):
+                    (run_dir / "env.json").write_text(json.dumps({**run.environment(device),
+                                                                  "world_size": world.size}, indent=1))
             model = model.to(device)
             if tc.compile:
                 model.compile()  # compiles forward in place: forward_sequence's self(...) calls run compiled
@@ -345,7 +348,8 @@ class Trainer:
                    "test": final,
                    # the test metric at every evaluation, so plots need no metrics.jsonl
                    "curve": [[r["step"], r[key]] for r in logged if r.get("split") == "test" and key in r]}
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        with writing(self.run_dir / "results.json"):
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
         return results
 
 

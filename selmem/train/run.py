@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
-from selmem.files import BadFile
+from selmem.files import BadFile, writing
 
 
 class Logger(Protocol):
@@ -40,7 +40,7 @@ class DiskLogger:
         self.path = Path(path)
 
     def log(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
+        with writing(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")  # one write: a kill tears at most this last line
 
 
@@ -80,8 +80,10 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
     if path.exists():
         keep = [line for line, rec in _records(path) if rec["step"] <= step]
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)  # a kill here leaves the old file or the new one, never half of one
+        with writing(tmp):
+            tmp.write_text("".join(line + "\n" for line in keep))
+        with writing(path):
+            os.replace(tmp, path)  # a kill here leaves the old file or the new one, never half of one
 
 
 def git_hash() -> str:
@@ -119,7 +121,8 @@ class RunLock:
     def __init__(self, run: Path) -> None:
         self.path = run / "run.lock"
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            with writing(self.path):
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -134,8 +137,9 @@ class RunLock:
             if same:
                 break
             os.close(fd)  # locked a file its holder removed on release: lock the one now in its place
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with writing(self.path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd: int | None = fd
 
     def release(self) -> None:
@@ -169,7 +173,8 @@ def make_run_dir(out_dir: str, name: str, default_name: str, resume: bool,
         return run, RunLock(run)
     if run.exists() and (not run.is_dir() or any(p.name not in RECORD for p in run.iterdir())):
         raise taken  # not a run's folder: leave it as it is, not even a lock file in it
-    run.mkdir(parents=True, exist_ok=True)
+    with writing(run):
+        run.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run)
     try:  # under the lock: the folder's writer, if any, has ended
         if (run / "results.json").exists() or has_checkpoint(run / "ckpt"):
@@ -191,5 +196,5 @@ def make_run_dir(out_dir: str, name: str, default_name: str, resume: bool,
 
 
 def write_command(run: Path) -> None:
-    with (run / "command.txt").open("a") as f:
+    with writing(run / "command.txt"), (run / "command.txt").open("a") as f:
         f.write(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "\n")

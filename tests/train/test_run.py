@@ -155,3 +155,54 @@ def test_two_processes_on_one_run_name_one_trains_the_other_is_refused(tmp_path,
     assert len((runs / "run" / "metrics.jsonl").read_text().splitlines()) == len(clean)
     assert len((runs / "run" / "command.txt").read_text().splitlines()) == 1  # the loser wrote nothing
     assert not (runs / "run" / "run.lock").exists()
+
+
+#: every file a run writes, in the order of a two-step run; a full disk at each must name it
+RUN_FILES = ["run.lock", "command.txt", "config.yaml", "env.json", "metrics.jsonl", "model.safetensors",
+             "train.safetensors", "train.json", "results.json"]
+
+
+def full_disk_at(monkeypatch, name: str) -> None:
+    """Writing a file called ``name`` fails as on a full disk: OSError 28 from open, os.open and
+    (safetensors wraps it) SafetensorError from save_file, which named no file."""
+    from safetensors import SafetensorError
+
+    from selmem.train import checkpoint
+
+    def full(what: object) -> bool:
+        return Path(str(what)).name == name
+
+    opener, os_open, save_file = Path.open, os.open, checkpoint.save_file
+
+    def path_open(self, mode="r", *args, **kwargs):
+        if full(self) and set(mode) & set("wax+"):
+            raise OSError(28, "No space left on device")
+        return opener(self, mode, *args, **kwargs)
+
+    def raw_open(path, flags, *args, **kwargs):
+        if full(path) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(28, "No space left on device")
+        return os_open(path, flags, *args, **kwargs)
+
+    def save(tensors, filename, *args, **kwargs):
+        if full(filename):
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", path_open)
+    monkeypatch.setattr(os, "open", raw_open)
+    monkeypatch.setattr(checkpoint, "save_file", save)
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys, name):
+    """Issue 28: a full disk stopped a run with '[Errno 28] No space left on device' or a
+    SafetensorError, naming no file; now one line names the file the run was writing."""
+    full_disk_at(monkeypatch, name)
+    assert main(train_args(tmp_path, "full", "--train.steps", "2", "--train.eval-every", "2")) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("selmem train: error: ") and "No space left on device" in err, err
+    path = re.search(r"error: (\S+): cannot write it \(", err)
+    assert path and Path(path[1]).name == name and Path(path[1]).is_relative_to(tmp_path / "full"), err
+
