@@ -141,12 +141,22 @@ def _flags(cls: Any, prefix: str = "--") -> set[str]:
 
 def parse_on_config(args: list[str], cls: type, default: Callable[[Any], Any], prog: str, **kw: Any):
     """Parse ``cls`` from ``args``, starting from ``default(experiment)`` where the experiment is
-    ``--config FILE.yaml`` (or the defaults without one)."""
+    ``--config FILE.yaml`` (or the defaults without one). The experiment parsed (``cls`` or its
+    ``exp``) is validated here, so a check across fields (segment length against
+    model.max_segment_len) names the file, as a check of one field does (issue 28)."""
     from selmem.experiment import ExperimentConfig
 
     path, rest = pop_config(args)
     base = ExperimentConfig.from_yaml(path) if path else ExperimentConfig()
-    return parse(cls, rest, prog, default=default(base), **kw)
+    out = parse(cls, rest, prog, default=default(base), **kw)
+    exp = out if isinstance(out, ExperimentConfig) else getattr(out, "exp", None)
+    if isinstance(exp, ExperimentConfig):
+        try:
+            exp.resolved()
+        except ValueError as e:
+            flags = " with the command-line flags" if rest else ""
+            raise ValueError(f"{path}{flags}: {e}" if path else f"the command-line flags: {e}") from None
+    return out
 
 
 def parse_experiment(args: list[str], prog: str):
@@ -360,7 +370,11 @@ def cmd_tasks(args: list[str]) -> int:
         return 0
     if a.batches < 1:
         raise ValueError(f"--batches must be >= 1, got {a.batches}")
-    exp = ExperimentConfig.from_yaml(a.config).resolved()
+    exp = ExperimentConfig.from_yaml(a.config)
+    try:
+        exp = exp.resolved()
+    except ValueError as e:
+        raise ValueError(f"{a.config}: {e}") from None
     seg = exp.segment_len()
     chance = f", chance {exp.task.chance:.1%}" if exp.task.chance is not None else ""
     print(f"{exp.task.name} ({a.config}), segments of {seg}{chance}:")

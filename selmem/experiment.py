@@ -51,7 +51,9 @@ class ExperimentConfig:
         self.task.validate()
         seg = self.segment_len()
         if seg > self.model.max_segment_len:
-            raise ValueError(f"segment length {seg} exceeds model.max_segment_len={self.model.max_segment_len}")
+            source = "train.segment_len" if self.train.segment_len else "task.segment_len"
+            raise ValueError(f"{source}={seg} exceeds model.max_segment_len={self.model.max_segment_len}: a "
+                             f"segment must fit the model's positions (raise model.max_segment_len or lower {source})")
         if self.arch == "selmem" and self.model.select == "topk" and self.model.topk > seg:
             raise ValueError(f"model.topk={self.model.topk} exceeds the segment length {seg}: select='topk' "
                              "writes k of a segment's tokens, so k must be <= the segment length")

@@ -147,7 +147,17 @@ def test_train_help_lists_nested_fields(capsys):
         pytest.param({"train": {"lr": "1e-3"}}, [], r"write 1\.0e-3", id="number-as-text"),
         pytest.param({}, ["--train.lr=-1"], r"train\.lr must be > 0", id="negative-lr"),
         pytest.param(
-            {}, ["--train.segment-len", "16"], r"exceeds model\.max_segment_len=8", id="segment>max"
+            {}, ["--train.segment-len", "16"],
+            r"exp\.yaml with the command-line flags: train\.segment_len=16 exceeds model\.max_segment_len=8",
+            id="segment>max",
+        ),
+        pytest.param(
+            {"train": {"segment_len": 16}}, [], r"exp\.yaml: train\.segment_len=16 exceeds model\.max_segment_len=8",
+            id="segment>max-in-yaml",
+        ),
+        pytest.param(
+            {"task": {"segment_len": 16}}, [], r"exp\.yaml: task\.segment_len=16 exceeds model\.max_segment_len=8",
+            id="task-segment>max",
         ),
         pytest.param(
             {}, ["--train.resume"], r"train\.resume needs train\.name", id="resume-without-name"
@@ -170,7 +180,7 @@ def test_train_help_lists_nested_fields(capsys):
         ),
         pytest.param(
             {"model": {"select": "topk", "topk": 100}}, [],
-            r"model\.topk=100 exceeds the segment length 8", id="topk>segment",
+            r"exp\.yaml: model\.topk=100 exceeds the segment length 8", id="topk>segment",
         ),
     ],
 )
@@ -214,14 +224,20 @@ def test_train_errors_exit_2_before_training(tmp_path, capsys, yaml_edit, argv, 
         ),
         pytest.param(["fit"], r"unknown command 'fit'", id="unknown-command"),
         pytest.param(["tasks", "--config", SMOKE, "--batches", "0"], r"--batches must be >= 1", id="tasks-batches"),
+        pytest.param(["tasks", "--config", "seg.yaml"], r"seg\.yaml: train\.segment_len=16 exceeds model\.max_segment_len=8",
+                     id="tasks-segment>max"),
     ],
 )
 def test_other_errors_exit_2(tmp_path, monkeypatch, capsys, argv, match):
     monkeypatch.chdir(tmp_path)
+    if "seg.yaml" in argv:  # smoke with a segment above model.max_segment_len
+        data = yaml.safe_load(Path(SMOKE).read_text())
+        data["train"]["segment_len"] = 16
+        (tmp_path / "seg.yaml").write_text(yaml.safe_dump(data))
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("selmem") and re.search(match, err), err
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["seg.yaml"] if "seg.yaml" in argv else [])
 
 
 @pytest.mark.parametrize(

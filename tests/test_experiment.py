@@ -130,13 +130,13 @@ def test_yaml_number_written_as_text_is_explained(tmp_path):
         pytest.param(
             {"segment_len": 16},
             {},
-            "segment length 16 exceeds model.max_segment_len=8",
+            "train.segment_len=16 exceeds model.max_segment_len=8",
             id="train.segment_len",
         ),
         pytest.param(
             {},
             {"segment_len": 16},
-            "segment length 16 exceeds model.max_segment_len=8",
+            "task.segment_len=16 exceeds model.max_segment_len=8",
             id="task.segment_len",
         ),
     ],

@@ -190,7 +190,7 @@ def test_time_budget_stops_early(tmp_path):
         pytest.param(
             dict(segment_len=16),
             ValueError,
-            r"segment length 16 exceeds model\.max_segment_len=8",
+            r"train\.segment_len=16 exceeds model\.max_segment_len=8",
             id="segment>max_segment_len",
         ),
         pytest.param(
