@@ -164,6 +164,23 @@ class SelmemPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: torch.nn.Module) -> None:
         """selmem initialises its own parameters (model.py); nothing to add."""
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``; a damaged weights file (truncated, not safetensors) is a
+        BadFile naming it, where transformers raised safetensors' SafetensorError naming no file
+        ("incomplete metadata, file not fully covered"; issue 28)."""
+        from safetensors import SafetensorError
+
+        from selmem.files import BadFile, _one_line
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as e:
+            folder = Path(pretrained_model_name_or_path)
+            files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+            where = files[0] if len(files) == 1 else f"a weights file of {folder}"
+            raise BadFile(f"{where}: not a readable safetensors file ({_one_line(e)}; was it cut short?)") from None
+
     @torch.no_grad()
     def _initialize_missing_keys(self, is_quantized: bool) -> None:
         """from_pretrained's step for the parameters a checkpoint lacks (an export loaded with

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from selmem import SelectiveMemoryTransformer, SelmemConfig  # noqa: E402
+from selmem.files import BadFile  # noqa: E402
 from selmem.hf import SelmemForCausalLM, SelmemHFConfig  # noqa: E402
 from selmem.tasks import MQARTask  # noqa: E402
 from selmem.tasks.base import Batch  # noqa: E402
@@ -356,3 +358,16 @@ def test_left_padded_prompts_generate_what_each_prompt_generates_alone():
     assert torch.equal(by_length, out[:, :15])  # max_length counts the padded input, as in a batch
     with pytest.raises(ValueError, match="return_dict_in_generate"):
         model.generate(ids, attention_mask=mask, return_dict_in_generate=True, **greedy)
+
+
+@pytest.mark.parametrize("keep", [0, 4, 100, 0.5, -1], ids=["empty", "in-the-size", "in-the-header", "half", "last-byte"])
+@pytest.mark.parametrize("loader", [SelmemForCausalLM, AutoModelForCausalLM], ids=["class", "auto"])
+def test_from_pretrained_on_a_truncated_export_names_the_file(tmp_path, keep, loader):
+    """transformers raised safetensors' 'incomplete metadata, file not fully covered', naming no file (issue 28)."""
+    hf_model(credit="none").save_pretrained(tmp_path)  # what selmem export writes
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(BadFile, match=f"^{re.escape(str(weights))}: not a readable safetensors file") as err:
+        loader.from_pretrained(tmp_path)
+    assert "\n" not in str(err.value)
