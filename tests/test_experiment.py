@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
+import tempfile
 import typing
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import tyro
 import yaml
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from selmem.baselines import MODELS, PEERS
-from selmem.config import TrainConfig
+from selmem.config import SelmemConfig, TrainConfig
 from selmem.experiment import Arch, ExperimentConfig, build
 from selmem.tasks import TASKS, MQARTask
 from tests.helpers import tiny_cfg
@@ -190,3 +197,69 @@ def test_command_line_overrides_nested_fields():
     # fields not named keep the YAML's values, not the class defaults (num_keys=16, segment_len=32)
     assert replace(exp.task, num_pairs=2) == default.task
     assert replace(exp.model, slots=4) == default.model
+
+
+# --- any config a user can write: it validates, or one line names the field (issue 28) --------
+
+SECTIONS = {"model": SelmemConfig, "train": TrainConfig}
+SMOKE_DATA = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml").read_text())
+
+
+def _options(cls: type, name: str) -> list:
+    """A field's Literal options, else its default: values a user plausibly writes."""
+    hint = typing.get_type_hints(cls)[name]
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    options = list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else []
+    return options + ([default] if isinstance(default, (bool, int, float, str)) else [])
+
+
+def any_value(cls: type, name: str) -> st.SearchStrategy:
+    """A random value of a random type, or one of the field's own options (so some configs validate)."""
+    scalar = (st.booleans() | st.integers(-3, 300) | st.integers() | st.floats() | st.text(max_size=6)
+              | st.none() | st.sampled_from(["1e-3", "true", "auto", "cpu", ".nan"]))
+    own = st.sampled_from(_options(cls, name)) if _options(cls, name) else st.nothing()
+    return own | own | scalar | st.lists(scalar, max_size=2) | st.dictionaries(st.text(max_size=3), scalar, max_size=2)
+
+
+@st.composite
+def user_config(draw) -> tuple[dict, list[str], list[str]]:
+    """smoke.yaml (or another task) with 1-3 fields of model/task/train set to random values, a
+    random key now and then; (the config, the keys changed, every field of the sections changed)."""
+    data = json.loads(json.dumps(SMOKE_DATA))
+    name = draw(st.sampled_from(["mqar"] * 3 + sorted(TASKS)))
+    classes = {**SECTIONS, "task": TASKS[name]}
+    changed, touched = [], set()
+    if name != "mqar":  # another task, at its defaults
+        data["task"] = {"name": name}
+        touched.add("task")
+    for _ in range(draw(st.integers(1, 3))):
+        section = draw(st.sampled_from(sorted(classes)))
+        names = [f.name for f in dataclasses.fields(classes[section])]
+        key = draw(st.sampled_from(names) | st.text("abcdefgh_", min_size=3, max_size=8))
+        data[section][key] = draw(any_value(classes[section], key) if key in names else st.integers())
+        changed.append(key)
+        touched.add(section)
+    return data, changed, sorted({f.name for section in touched for f in dataclasses.fields(classes[section])})
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(case=user_config())
+def test_any_user_config_validates_or_names_the_field_in_one_line(case):
+    """Random YAML mappings of model/task/train fields with random values of random types: each
+    validates, or raises a ValueError/TypeError of one line that names the field, the
+    one changed or, for a bound across fields, one of its section (mqar's num_keys=1 is reported as
+    'num_pairs must be an int in [1, 1]')."""
+    data, changed, section_fields = case
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "exp.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        try:
+            ExperimentConfig.from_yaml(path).resolved()
+        except (ValueError, TypeError) as e:
+            message = str(e)
+            assert "\n" not in message, message
+            assert any(re.search(rf"\b{key}\b", message) for key in changed + section_fields), \
+                f"names none of {changed}: {message}"
+            event(f"refused ({type(e).__name__})")
+        else:
+            event("validates")
