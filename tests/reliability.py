@@ -45,7 +45,9 @@ def rows() -> list[tuple[str, str, str]]:
     from tests import test_bad_files as bad
     from tests import test_cli as cli
     from tests import test_config as config
+    from tests import test_experiment as experiment
     from tests import test_generate as gen
+    from tests import test_hf as hf
     from tests import test_security as sec
     from tests import test_state as state
     from tests.train import test_checkpoint as ckpt
@@ -181,6 +183,39 @@ def rows() -> list[tuple[str, str, str]]:
          + ", ".join(ids(gen.test_generate_refuses_bad_options_by_flag, "argv"))
          + "; no-cuda is skipped where CUDA is available), an inf gradient at step "
          f"{nan.FAULT_AT} with the first checkpoint at step 6"),
+        ("A bad value, an unknown flag or a missing argument on the command line is one line naming the flag "
+         "and what is wrong (`--model.slots takes an int, got 'abc'`, `unknown flag --model.slot (did you mean "
+         "--model.slots?)`), exit code 2, where tyro printed a box of 8-10 lines; `--help` is unchanged",
+         f"{ref(cli, cli.test_a_bad_command_line_is_one_line_naming_the_flag)}, "
+         f"{ref(cli, cli.test_without_tyros_error_hook_its_box_is_one_line_too)}",
+         f"{cases(cli.test_a_bad_command_line_is_one_line_naming_the_flag)} command lines ("
+         + ", ".join(ids(cli.test_a_bad_command_line_is_one_line_naming_the_flag, "argv"))
+         + "); without tyro's private error hook, the box's first section in one line"),
+        ("A full disk (or any OSError while writing) stops a run with one line naming the file it was writing, "
+         "where `[Errno 28] No space left on device` and save_file's SafetensorError named none",
+         f"{ref(rundir, rundir.test_a_full_disk_names_the_file_being_written)}, "
+         f"{ref(state, state.test_a_full_disk_names_the_state_file)}",
+         f"a full disk at each of the {len(rundir.RUN_FILES)} files a two-step run writes ("
+         + ", ".join(rundir.RUN_FILES) + "), and at a state file"),
+        ("A segment above model.max_segment_len names the config file and both fields (train.segment_len or "
+         "task.segment_len, and model.max_segment_len), and the flags when one set it",
+         f"{ref(cli, cli.test_train_errors_exit_2_before_training)} ("
+         + ", ".join(f"`{i}`" for i in ids(cli.test_train_errors_exit_2_before_training, "yaml_edit") if "segment" in i)
+         + f"), {ref(cli, cli.test_other_errors_exit_2)} ("
+         + ", ".join(f"`{i}`" for i in ids(cli.test_other_errors_exit_2, "argv") if "segment" in i) + ")",
+         "the flag, the YAML field, the task's field, and `selmem tasks --config`"),
+        ("from_pretrained on a damaged model.safetensors is one line naming the file, where transformers "
+         "raised safetensors' error naming none",
+         ref(hf, hf.test_from_pretrained_on_a_truncated_export_names_the_file),
+         f"{cases(hf.test_from_pretrained_on_a_truncated_export_names_the_file)} loads ("
+         + ", ".join(ids(hf.test_from_pretrained_on_a_truncated_export_names_the_file, "keep"))
+         + " cut x the class and AutoModelForCausalLM) of an export"),
+        ("Any config a user can write validates or raises a one-line ValueError/TypeError naming the field "
+         "(for a bound across fields, one of its section)",
+         ref(experiment, experiment.test_any_user_config_validates_or_names_the_field_in_one_line),
+         f"{examples(experiment.test_any_user_config_validates_or_names_the_field_in_one_line)} "
+         "hypothesis-generated configs: smoke.yaml or another task with 1-3 model/task/train fields, or a "
+         "random key, set to random values of random types, through YAML"),
         ("Security: safetensors, JSON and YAML safe_load only; nothing unpickles or runs file content",
          ref(sec, sec.test_no_unsafe_loading_or_execution),
          "every .py file under selmem/ scanned (a per-file count would go stale with each new module); "
