@@ -320,16 +320,23 @@ def test_a_bad_metrics_file_is_named_and_a_torn_last_line_dropped(data):
 
 def damage(file: Path, how: str) -> None:
     data = file.read_bytes()
-    file.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00\xff{["}[how])
+    flipped = data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:]  # one data byte: only a checksum sees it
+    file.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00\xff{[",
+                      "flipped": flipped}[how])
+
+
+def train_smoke(tmp_path_factory, steps: int) -> Path:
+    """A finished smoke run of ``steps`` steps, evaluated (and checkpointed) every 2."""
+    out = tmp_path_factory.mktemp("runs")
+    code, err = run_cli(["train", "--config", str(SMOKE), "--train.out-dir", str(out), "--train.name", "r",
+                         "--train.steps", str(steps), "--train.eval-every", "2"])
+    assert code == 0, err
+    return out / "r"
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    code, err = run_cli(["train", "--config", str(SMOKE), "--train.out-dir", str(out), "--train.name", "r",
-                         "--train.steps", "2", "--train.eval-every", "2"])
-    assert code == 0, err
-    return out / "r"
+    return train_smoke(tmp_path_factory, 2)
 
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
@@ -364,9 +371,7 @@ def test_a_damaged_best_falls_back_to_last_and_says_so(finished_run, tmp_path, c
     run = tmp_path / "r"
     shutil.copytree(finished_run, run)
     target = run / "ckpt" / "best" / "model.safetensors"
-    data = target.read_bytes()
-    target.write_bytes(data[: len(data) // 2] if how == "truncated" else
-                       data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
+    damage(target, how)
     before = {p: p.read_bytes() for p in (run / "ckpt").rglob("*") if p.is_file()}
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in READERS[command]]
     code, err = run_cli([command, str(run), *argv])
@@ -380,12 +385,9 @@ def test_a_damaged_best_falls_back_to_last_and_says_so(finished_run, tmp_path, c
 @pytest.fixture(scope="module")
 def run_with_steps(tmp_path_factory) -> Path:
     """A finished run of 4 steps with a checkpoint at steps 2 and 4: ckpt/last and ckpt/step-000002."""
-    out = tmp_path_factory.mktemp("runs")
-    code, err = run_cli(["train", "--config", str(SMOKE), "--train.out-dir", str(out), "--train.name", "r",
-                         "--train.steps", "4", "--train.eval-every", "2"])
-    assert code == 0, err
-    assert sorted(p.name for p in (out / "r" / "ckpt").iterdir()) == ["best", "last", "step-000002"]
-    return out / "r"
+    run = train_smoke(tmp_path_factory, 4)
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["best", "last", "step-000002"]
+    return run
 
 
 @pytest.mark.parametrize("how", ["truncated", "flipped"])
@@ -398,9 +400,7 @@ def test_resume_with_a_damaged_last_falls_back_to_the_previous_step_checkpoint_a
     shutil.copytree(run_with_steps, run)
     (run / "results.json").unlink()
     target = run / "ckpt" / "last" / file
-    data = target.read_bytes()
-    target.write_bytes(data[: len(data) // 2] if how == "truncated" else
-                       data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
+    damage(target, how)
     code, err = run_cli(["train", "--config", str(SMOKE), "--train.out-dir", str(tmp_path), "--train.name", "r",
                          "--train.steps", "4", "--train.eval-every", "2", "--train.resume"])
     assert code == 0, err
