@@ -28,7 +28,7 @@ CacheTransform = Literal["transformer", "none"]
 Sparsity = Literal["target", "l1", "budget"]
 CreditGrad = Literal["trunk", "head"]
 GateGrad = Literal["task", "teacher"]
-ProbeTarget = Literal["auto", "sum", "max"]
+ProbeTarget = Literal["auto", "sum", "max", "peak"]
 Credit = Literal["none", "read", "probe"]
 AddressWeights = Literal["softmax", "sparsemax", "top1"]
 NonFinite = Literal["stop", "skip"]
@@ -175,7 +175,9 @@ class SelmemConfig:
     answers (language modelling), else 'sum'. The two agree when each token serves one answer.
     Where every position is an answer the diffuse attentions sum to "keep everything", which cost
     code-lm 0.13 bits per byte; on recall 'max' starts near 0 everywhere and closed the gates
-    (docs/FINDINGS.md section 9)."""
+    (docs/FINDINGS.md section 9). 'peak' = each answer's attention relative to its own largest
+    entry (the probe's null included), then the largest over answers: 1 on what an answer
+    retrieves most, at any answer density (memory/credit.py ``probe_losses``)."""
     lambda_read: float = 0.0
     """Weight of the read teacher (credit='probe' only; memory/credit.py ``read_teacher_loss``): at
     each answer, the read over a layer's own slots is pulled toward the slots holding what the

@@ -120,11 +120,12 @@ class RetrievalProbe(nn.Module):
         self.out = nn.Linear(d, cfg.vocab_size, bias=False)
 
     def forward(self, tokens: Tensor, segment_len: int, answers: Tensor,
-                count: int | None = None) -> tuple[Tensor, Tensor]:
+                count: int | None = None, with_null: bool = False) -> tuple[Tensor, Tensor]:
         """tokens (B, N), answers (B, N) bool -> logits (A, V) at the A answer positions (row-major
         order, as ``x[answers]``) and retrieval attention (A, N) of each answer on every token of
-        an earlier segment. Only the answers query the past: the other rows would cost N^2 and
-        teach nothing. count: A, if the caller knows it (see ``answer_positions``)."""
+        an earlier segment (with_null: (A, 1+N), the null entry first). Only the answers query the
+        past: the other rows would cost N^2 and teach nothing. count: A, if the caller knows it
+        (see ``answer_positions``)."""
         B, N = tokens.shape
         e = self.embed(tokens)
         h = e
@@ -153,7 +154,8 @@ class RetrievalProbe(nn.Module):
         attn = scores.masked_fill(~allowed[:, None, :], float("-inf")).softmax(-1)  # (A, H, 1+N)
         full = attn.new_zeros(B, N, H, N + 1).index_put((row, pos), attn)  # answers' rows, zeros elsewhere
         o = (full.transpose(1, 2) @ v).transpose(1, 2)[row, pos].reshape(-1, d)  # (A, d)
-        return self.out(o + x[row, pos]), attn.mean(1)[:, 1:]
+        mean = attn.mean(1)
+        return self.out(o + x[row, pos]), (mean if with_null else mean[:, 1:])
 
 
 def answer_positions(mask: Tensor, count: int | None = None) -> tuple[Tensor, Tensor]:
@@ -174,17 +176,24 @@ def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], se
     tokens (B, N); scores per layer (B, N); answer_mask (B, N) bool; answer_targets (B, N) long
     (read where answer_mask); count: the number of answers if known (``answer_positions``);
     reduce: the answers' attention on a token summed ('sum', clamped at 1), its largest ('max'),
-    or 'max' where more than half of the positions are answers, else 'sum' ('auto')."""
-    logits, attn = probe(tokens, segment_len, answer_mask, count)  # (A, V), (A, N)
+    or 'max' where more than half of the positions are answers, else 'sum' ('auto'); 'peak': each
+    answer's attention divided by its own largest entry, the null one included, then the largest
+    over answers (the token an answer retrieves most gets 1, whatever the answer density and
+    however the answer's attention is split over a binding's tokens; an answer that retrieves
+    nothing, its mass on the null, gives every token little)."""
+    logits, attn = probe(tokens, segment_len, answer_mask, count, with_null=True)  # (A, V), (A, 1+N)
+    attn = attn.detach()
     row, pos = answer_positions(answer_mask, count)
     ce = F.cross_entropy(logits.float(), answer_targets[row, pos])
     if reduce == "auto":  # row is a host-sized tensor: its length costs no sync
         reduce = "max" if 2 * row.shape[0] > answer_mask.numel() else "sum"
+    per = attn / attn.amax(-1, keepdim=True).clamp_min(1e-9) if reduce == "peak" else attn
+    per, attn = per[:, 1:], attn[:, 1:]
     empty = torch.zeros_like(scores[0], dtype=attn.dtype)
-    target = (empty.index_add(0, row, attn.detach()).clamp(max=1.0) if reduce == "sum"
-              else empty.scatter_reduce(0, row[:, None].expand_as(attn), attn.detach(), "amax"))
+    target = (empty.index_add(0, row, per).clamp(max=1.0) if reduce == "sum"
+              else empty.scatter_reduce(0, row[:, None].expand_as(per), per, "amax"))
     bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()
-    return ce, bce, attn.detach()
+    return ce, bce, attn
 
 
 def read_teacher_loss(stats: dict[str, Any], reads: list[Tensor], attn: Tensor, row: Tensor, pos: Tensor,
