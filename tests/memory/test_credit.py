@@ -224,6 +224,42 @@ def test_probe_target_sum_and_max_agree_where_each_token_serves_one_answer():
         probe_losses(probe, x, scores, 4, every, x, reduce="sum")[1].item())
 
 
+def test_probe_target_peak_is_each_answers_attention_over_its_own_largest_entry():
+    """'peak': an answer's attention divided by its largest entry, the null one included, then
+    the largest over answers. A binding split over two tokens gets 1 on both (where 'sum' and
+    'max' give each half); an answer whose mass sits on the null gives every token little."""
+    import torch.nn.functional as F
+
+    from selmem.memory import credit
+
+    class Fixed(torch.nn.Module):  # a probe whose retrieval attention is given
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, tokens, segment_len, answers, count=None, with_null=False):
+            return torch.zeros(self.attn.shape[0], 10), (self.attn if with_null else self.attn[:, 1:])
+
+    N = 8
+    split = torch.zeros(1 + N)
+    split[[0, 2, 3]] = torch.tensor([0.1, 0.45, 0.45])  # null 0.1, tokens 1 and 2 (a key and its value)
+    null = torch.zeros(1 + N)
+    null[[0, 5]] = torch.tensor([0.9, 0.1])  # nothing in the past helps (0.1 on token 4)
+    attn = torch.stack([split, null])  # (A=2, 1+N): the answers at positions 6 and 7 of row 0
+    answers = torch.zeros(1, N, dtype=torch.bool)
+    answers[0, 6:] = True
+    tokens = torch.zeros(1, N, dtype=torch.long)
+    scores = [torch.randn(1, N)]
+    want = torch.zeros(1, N)
+    want[0, 1] = want[0, 2] = 1.0
+    want[0, 4] = 0.1 / 0.9
+    got = credit.probe_losses(Fixed(attn), tokens, scores, 4, answers, tokens, reduce="peak")
+    assert got[1].item() == pytest.approx(F.binary_cross_entropy_with_logits(scores[0], want).item(), rel=1e-6)
+    assert torch.equal(got[2], attn[:, 1:])  # the read teacher still gets the plain attention
+    summed = credit.probe_losses(Fixed(attn), tokens, scores, 4, answers, tokens, reduce="sum")[1]
+    assert summed.item() != pytest.approx(got[1].item())
+
+
 def test_read_teacher_pulls_the_read_toward_the_slot_holding_the_probes_target():
     """read_teacher_loss: one answer in segment 1 whose probe attention is all on position 1,
     which slot 2 holds: reading slot 2 costs less than reading slot 0, and an answer in
