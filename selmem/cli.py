@@ -17,7 +17,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -203,62 +203,8 @@ class EvalArgs:
     """Model overrides that change no weight, as key=value, e.g. age_weight=0."""
 
 
-def _overrides(obj: Any, items: list[str], flag: str, what: str) -> dict[str, Any]:
-    """``key=value`` strings -> {field: value of that field's type} for the dataclass ``obj``."""
-    updates: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not hasattr(obj, key):
-            raise ValueError(f"{flag} expects key=value with a field of {what}, got {item!r}")
-        old = getattr(obj, key)
-        if isinstance(old, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{flag} {key} takes true or false, got {value!r}")
-            updates[key] = value.lower() in ("true", "1")
-        else:
-            try:
-                updates[key] = type(old)(value)
-            except ValueError:
-                raise ValueError(f"{flag} {key} takes a {type(old).__name__}, got {value!r}") from None
-    return updates
-
-
-def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None,
-             model_set: list[str] | None = None):
-    """(experiment, model with the checkpoint's weights, task) of a run folder or of a checkpoint
-    folder inside one (runs/NAME/ckpt/TAG); ``ckpt`` picks another tag (default: best).
-    ``task_set`` / ``model_set`` override task / model fields as ``key=value`` (model fields that
-    change no weight, such as age_weight, so the checkpoint still loads). A damaged or missing
-    checkpoint falls back to the newest good one, and one line on stderr names both
-    (``checkpoint.load_newest_good``)."""
-    from selmem.experiment import ExperimentConfig, build
-    from selmem.train.checkpoint import load_newest_good
-
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        if run.parent.name != "ckpt" or not (run.parent.parent / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run} is not a run folder: no config.yaml (pass runs/NAME or "
-                                    "runs/NAME/ckpt/TAG)")
-        run, ckpt = run.parent.parent, ckpt or run.name
-    ckpt = ckpt or "best"
-    exp = ExperimentConfig.from_yaml(run / "config.yaml")
-    if task_set:
-        exp = replace(exp, task=replace(exp.task, **_overrides(exp.task, task_set, "--task-set",
-                                                                 f"task {exp.task.name}")))
-    if model_set:
-        exp = replace(exp, model=replace(exp.model, **_overrides(exp.model, model_set, "--model-set", "the model")))
-    try:  # a config.yaml cut short may parse, its fields then at odds (a segment above the maximum)
-        exp = exp.resolved()
-    except ValueError as e:
-        given = " with the --task-set/--model-set overrides" if task_set or model_set else ""
-        raise ValueError(f"{run / 'config.yaml'}{given}: {e}") from None
-    model, task = build(exp)
-    load_newest_good(run / "ckpt" / ckpt, model, inference=True,
-                     log=lambda message: print(message, file=sys.stderr, flush=True))
-    return exp, model.eval(), task
-
-
 def cmd_eval(args: list[str]) -> int:
+    from selmem.runs import load_run
     from selmem.train.loop import evaluate, resolve_device
 
     a = parse(EvalArgs, args, "selmem eval")
@@ -412,21 +358,11 @@ class GenerateArgs:
     """Do not print the sample (for timing with --stats)."""
 
 
-def load_selmem_run(run: str, ckpt: str = "best"):
-    """(experiment, selmem model with the checkpoint's weights) of a run folder; ValueError for a
-    baseline's run."""
-    from selmem.model import SelectiveMemoryTransformer
-
-    exp, model, _ = load_run(run, ckpt)
-    if not isinstance(model, SelectiveMemoryTransformer):
-        raise ValueError(f"{run} is a {exp.arch} run; generate and export need a selmem model")
-    return exp, model
-
-
 def cmd_generate(args: list[str]) -> int:
     import torch
 
     from selmem.generate import encode_prompt, stream
+    from selmem.runs import load_selmem_run
     from selmem.train.loop import resolve_device
 
     a = parse(GenerateArgs, args, "selmem generate")

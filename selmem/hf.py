@@ -379,7 +379,7 @@ def export_run(run: str | Path, out: str | Path, ckpt: str = "best", force: bool
     The config says what runs: ``credit='none'`` (no probe in the weights; gate_grad 'task', as
     a model without a teacher needs). To fine-tune it with head B's teacher, load it with
     ``from_pretrained(out, credit="probe")``: a fresh probe, trained from the first step."""
-    from selmem.cli import load_selmem_run
+    from selmem.runs import load_selmem_run
 
     check_export_destination(Path(out), force)
     exp, model = load_selmem_run(str(run), ckpt)

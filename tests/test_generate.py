@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from selmem.cli import load_run, main
+from selmem.cli import main
+from selmem.runs import load_run
 from selmem.generate import pick
 from tests.test_cli import train_args
 

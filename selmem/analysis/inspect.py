@@ -58,7 +58,7 @@ def inspect_run(path: str | Path, ckpt: str | None = None, examples: int = 4,
     """Write the pictures and ``index.html`` for a run (or one of its checkpoints); returns the
     page's path. ``ckpt`` (best/last) defaults to the checkpoint named by ``path``, else best.
     Raises ValueError for a model without memory stats (a baseline), after writing metrics.png."""
-    from selmem.cli import load_run
+    from selmem.runs import load_run
 
     if examples < 1:
         raise ValueError(f"examples must be >= 1, got {examples}")

@@ -92,7 +92,7 @@ def wanted(label: str, arch: str, models: list[str]) -> bool:
 
 
 def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
-    from selmem.cli import load_run
+    from selmem.runs import load_run
 
     runs = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file() and (p / "ckpt" / lc.ckpt).is_dir())
     if not runs:

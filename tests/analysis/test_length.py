@@ -70,7 +70,7 @@ def test_length_writes_a_cell_per_model_and_length(tmp_path):
 
 
 def test_model_overrides_reach_the_model_and_bad_ones_are_named(tmp_path):
-    from selmem.cli import load_run
+    from selmem.runs import load_run
 
     exp = ExperimentConfig.from_yaml(SMOKE)
     exp = replace(exp, train=replace(exp.train, out_dir=str(tmp_path), steps=1, eval_every=1, name="r"))
