@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from selmem.analysis import bench_scale as scale
+from selmem.analysis.bench_scale import step_loss, training_batch
 from selmem.experiment import ExperimentConfig
 
 
@@ -78,33 +79,6 @@ def _time(fn, warmup: int, repeats: int, sync) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def training_batch(exp: ExperimentConfig, batch_size: int, seq_len: int):
-    """What a training step of the benchmark eats: the task's own training batch at its length
-    (so selmem's teacher sees the task's answers, as in ``selmem train``), or at another length
-    random tokens with every position scored (language modelling: every position is an answer)."""
-    import torch
-
-    from selmem.tasks.base import Batch
-
-    if seq_len == exp.task.seq_len:
-        return exp.task.batch("train", 0, batch_size)
-    gen = torch.Generator().manual_seed(exp.train.seed)
-    x = torch.randint(0, exp.model.vocab_size, (batch_size, seq_len + 1), generator=gen)
-    return Batch(x[:, :-1], x[:, 1:], torch.ones(batch_size, seq_len, dtype=torch.bool))
-
-
-def step_loss(model: Any, host: Any, batch: Any, segment_len: int, teacher: bool = True) -> Any:
-    """The loss a trainer's step (Trainer._step) backpropagates, minus its fault checks: the task
-    loss plus the auxiliary ones, selmem's teacher included unless ``teacher`` is False. host:
-    the batch on the host (its checks read values there), batch: the same on the device."""
-    from selmem.train.loop import forward_kwargs, host_checks, reset_kwargs, task_loss
-
-    n = host_checks(model, host)
-    kwargs = forward_kwargs(model, batch, n) if teacher else reset_kwargs(model, batch)
-    out = model.forward_sequence(batch.tokens, segment_len, **kwargs)
-    return task_loss(out.logits, batch, n)[0] + out.losses["aux"]
 
 
 def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> dict[str, Any]:

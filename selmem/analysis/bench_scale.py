@@ -1,5 +1,7 @@
 """The parts of ``selmem bench`` beyond the per-model table: streaming at growing lengths, a
-breakdown of a selmem training step, and docs/BENCHMARKS.md.
+breakdown of a selmem training step, and docs/BENCHMARKS.md; and the step that the table and the
+breakdown both time (``training_batch``, ``step_loss``), so bench.py imports this file and not
+the other way round.
 
     selmem bench --config configs/cpu.yaml --bench.page docs/BENCHMARKS.md
 
@@ -29,6 +31,33 @@ from selmem.experiment import ExperimentConfig
 PARTS = ["blocks (attention incl. the read, MLP)", "read (prefix)", "select", "compress", "address",
          "update", "cache transform", "teacher (head B's probe, forward)", "rest of forward (embed, head, losses)",
          "backward (the teacher's included)", "optimiser step"]
+
+
+def training_batch(exp: ExperimentConfig, batch_size: int, seq_len: int):
+    """What a training step of the benchmark eats: the task's own training batch at its length
+    (so selmem's teacher sees the task's answers, as in ``selmem train``), or at another length
+    random tokens with every position scored (language modelling: every position is an answer)."""
+    import torch
+
+    from selmem.tasks.base import Batch
+
+    if seq_len == exp.task.seq_len:
+        return exp.task.batch("train", 0, batch_size)
+    gen = torch.Generator().manual_seed(exp.train.seed)
+    x = torch.randint(0, exp.model.vocab_size, (batch_size, seq_len + 1), generator=gen)
+    return Batch(x[:, :-1], x[:, 1:], torch.ones(batch_size, seq_len, dtype=torch.bool))
+
+
+def step_loss(model: Any, host: Any, batch: Any, segment_len: int, teacher: bool = True) -> Any:
+    """The loss a trainer's step (Trainer._step) backpropagates, minus its fault checks: the task
+    loss plus the auxiliary ones, selmem's teacher included unless ``teacher`` is False. host:
+    the batch on the host (its checks read values there), batch: the same on the device."""
+    from selmem.train.loop import forward_kwargs, host_checks, reset_kwargs, task_loss
+
+    n = host_checks(model, host)
+    kwargs = forward_kwargs(model, batch, n) if teacher else reset_kwargs(model, batch)
+    out = model.forward_sequence(batch.tokens, segment_len, **kwargs)
+    return task_loss(out.logits, batch, n)[0] + out.losses["aux"]
 
 
 def stream_one(name: str, exp_dict: dict[str, Any], n_tokens: int, budget_s: float) -> dict[str, Any]:
@@ -82,7 +111,6 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
 
     import selmem.memory.layer as layer_mod
     import selmem.memory.stacked as stacked
-    from selmem.analysis.bench import step_loss, training_batch
     from selmem.model import SelectiveMemoryTransformer
     from selmem.train.loop import resolve_device
 
@@ -150,7 +178,6 @@ def count_ops(exp_dict: dict[str, Any], models: list[str], batch_size: int, seq_
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from selmem.analysis.bench import step_loss, training_batch
     from selmem.analysis.compare import matched_config
     from selmem.baselines import build_model, state_size
     from selmem.train.loop import forward_kwargs

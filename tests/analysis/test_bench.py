@@ -110,7 +110,7 @@ def test_selmem_is_timed_with_and_without_its_teacher(tmp_path):
 def test_the_benchmark_trains_on_the_task_batch():
     """At the task's length the step eats the task's own training batch (its answers are what the
     teacher sees); at another length random tokens, every position scored."""
-    from selmem.analysis.bench import training_batch
+    from selmem.analysis.bench_scale import training_batch
 
     exp = ExperimentConfig.from_yaml(SMOKE).resolved()
     batch = training_batch(exp, 3, exp.task.seq_len)
