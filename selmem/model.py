@@ -268,6 +268,8 @@ class SelectiveMemoryTransformer(nn.Module):
         inputs_embeds (B, N, d) instead of tokens (pass None), and output_hidden_states, as in
         ``forward``. credit='probe' then cannot add head B's teacher: the probe embeds the ids itself."""
         x = tokens if inputs_embeds is None else inputs_embeds
+        if state is not None and isinstance(x, Tensor) and x.dim() >= 2:
+            self._check_state(state, x.shape[0], x.device)  # before anything reads it (a packed row's reset)
         extra: dict[str, Any] = {"output_hidden_states": True} if output_hidden_states else {}
         if inputs_embeds is not None:
             self._placeholder_ids(tokens, inputs_embeds)  # raises on both or a misshapen embedding
@@ -397,25 +399,29 @@ class SelectiveMemoryTransformer(nn.Module):
             self.check_values(tokens, None)
         if state is None:
             return self.init_state(B, tokens.device)
+        self._check_state(state, B, tokens.device)
+        if values:
+            self.check_values(None, state)  # one reduction and one sync per call
+        return state
+
+    def _check_state(self, state: Any, B: int, device: torch.device) -> None:
+        """A given state fits this model and a batch of B on ``device``: its type, every field's
+        shape, dtype and device (``MemoryState.check``: position too), never a value, so no sync."""
+        cfg = self.cfg
         if not isinstance(state, MemoryState):
             raise TypeError(f"state must be a MemoryState (from model.init_state), got {type(state).__name__}")
+        state.check("state")  # the fields agree with the slots, so checking the slots below checks all
         if state.batch_size != B:
             raise ValueError(f"state was made for batch size {state.batch_size}, but tokens have batch size {B}")
         want = (cfg.n_layers, B, cfg.slots, cfg.d_mem)
         if tuple(state.slots.shape) != want:
             raise ValueError(f"state does not fit this model: slots {tuple(state.slots.shape)}, "
                              f"expected (n_layers, batch, slots, d_mem) = {want}")
-        for name in ("usage", "age", "provenance"):
-            if tuple(getattr(state, name).shape) != want[:3]:
-                raise ValueError(f"state.{name} has shape {tuple(getattr(state, name).shape)}, expected {want[:3]}")
-        if state.slots.device != tokens.device:
-            raise ValueError(f"state is on {state.slots.device} but tokens are on {tokens.device}; "
+        if state.slots.device != device:
+            raise ValueError(f"state is on {state.slots.device} but tokens are on {device}; "
                              "move one with .to(device)")
         if state.slots.dtype != self.init_slots.dtype:
             raise ValueError(f"state has dtype {state.slots.dtype} but the model runs in {self.init_slots.dtype}")
-        if values:
-            self.check_values(None, state)  # one reduction and one sync per call
-        return state
 
 
 def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, state: Any | None,

@@ -103,9 +103,14 @@ class MemoryState:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def check(self, where: str = "state") -> MemoryState:
-        """Raise ValueError naming the field whose shape or dtype does not fit the others: slots
-        (L, B, M, d_mem) floating, usage and age (L, B, M) of slots' dtype, provenance (L, B, M)
-        and position (B,) long. ``where`` starts the message (a file's path when loading one)."""
+        """Raise ValueError naming the field whose type, shape, dtype or device does not fit the
+        others: slots (L, B, M, d_mem) floating, usage and age (L, B, M) of slots' dtype, provenance
+        (L, B, M) and position (B,) long, all on slots' device. ``where`` starts the message (a
+        file's path when loading one). Shapes, dtypes and devices only: no value is read, so no
+        device sync (forward runs it on every segment)."""
+        for f in fields(self):
+            if not isinstance(getattr(self, f.name), Tensor):
+                raise ValueError(f"{where}: {f.name} must be a torch.Tensor, got {type(getattr(self, f.name)).__name__}")
         if self.slots.dim() != 4 or not self.slots.is_floating_point():
             raise ValueError(f"{where}: slots must be a float tensor (L, B, M, d_mem), got "
                              f"{self.slots.dtype} of shape {tuple(self.slots.shape)}")
@@ -117,6 +122,9 @@ class MemoryState:
             if tuple(t.shape) != shape or t.dtype != dtype:
                 raise ValueError(f"{where}: {name} must be {dtype} of shape {shape} for slots of shape "
                                  f"{tuple(self.slots.shape)}, got {t.dtype} of shape {tuple(t.shape)}")
+            if t.device != self.slots.device:
+                raise ValueError(f"{where}: {name} is on {t.device} but slots are on {self.slots.device}; "
+                                 "move the whole state with .to(device)")
         return self
 
     def save(self, path: str | Path) -> None:

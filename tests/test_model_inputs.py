@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 
+from selmem.decode import new_cache
 from tests.helpers import tiny_model, tokens
 
 
@@ -99,10 +100,48 @@ def test_state_from_other_batch_or_type_raises():
 def test_state_with_wrong_dtype_or_bookkeeping_shape_raises():
     model = tiny_model()  # float64
     state = model.init_state(2)
+    single = dataclasses.replace(state, slots=state.slots.float(), usage=state.usage.float(), age=state.age.float())
     with pytest.raises(ValueError, match="state has dtype torch.float32 but the model runs in torch.float64"):
-        model(tokens(2, 4), dataclasses.replace(state, slots=state.slots.float()))
-    with pytest.raises(ValueError, match=r"state.usage has shape \(2, 2, 3\)"):
+        model(tokens(2, 4), single)
+    with pytest.raises(ValueError, match=r"state: usage must be torch.float64 of shape \(2, 2, 4\) .* got "
+                                         r"torch.float64 of shape \(2, 2, 3\)"):
         model(tokens(2, 4), dataclasses.replace(state, usage=state.usage[..., :3]))
+
+
+#: one field of a fresh state (batch 2) changed, and the field the error must name (issue 28)
+BAD_FIELDS = [
+    pytest.param("position", lambda s: s.position.double(), id="position-float"),
+    pytest.param("position", lambda s: s.position.int(), id="position-int32"),
+    pytest.param("position", lambda s: s.position[:, None], id="position-(B,1)"),
+    pytest.param("position", lambda s: s.position[:1], id="position-(1,)"),
+    pytest.param("position", lambda s: s.position[0], id="position-0d"),
+    pytest.param("position", lambda s: 0, id="position-int"),
+    pytest.param("provenance", lambda s: s.provenance.double(), id="provenance-float"),
+    pytest.param("usage", lambda s: s.usage.float(), id="usage-float32"),
+    pytest.param("age", lambda s: s.age[:, :, :3], id="age-3-slots"),
+]
+
+#: every entry point that takes a user's MemoryState, on 16 tokens of batch 2 in segments of 8
+ENTRIES = {
+    "forward": lambda m, x, s: m(x[:, :8], s),
+    "forward_sequence": lambda m, x, s: m.forward_sequence(x, 8, s),
+    "checked": lambda m, x, s: m.forward_sequence(x, 8, s, checked=True),  # the trainer's path
+    "padded": lambda m, x, s: m.forward_sequence(x, 8, s, attention_mask=torch.ones_like(x, dtype=torch.bool)),
+    "decode": lambda m, x, s: m.decode(x, new_cache(m, 2, 8, state=s)),
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+@pytest.mark.parametrize("field, change", BAD_FIELDS)
+def test_a_state_field_of_the_wrong_shape_or_dtype_is_named(entry, field, change):
+    """A position of the wrong shape or dtype ran on silently or failed deep inside torch (issue
+    28); every entry point now refuses it, in one line naming the field, before any compute."""
+    model = tiny_model()
+    state = model.init_state(2)
+    state = dataclasses.replace(state, **{field: change(state)})
+    with pytest.raises(ValueError, match=rf"^state: {field} must be ") as err:
+        ENTRIES[entry](model, tokens(2, 16), state)
+    assert "\n" not in str(err.value)
 
 
 def test_forward_sequence_errors():

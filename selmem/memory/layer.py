@@ -256,9 +256,7 @@ class SelectiveMemory(nn.Module):
         l, cfg = self.layer_idx, self.cfg
         if h.dim() != 3 or h.shape[-1] != cfg.d_model:
             raise ValueError(f"h must have shape (batch, segment_len, d_model={cfg.d_model}), got {tuple(h.shape)}")
-        if state.n_layers != cfg.n_layers or state.batch_size != h.shape[0]:
-            raise ValueError(f"state holds {state.n_layers} layers x batch {state.batch_size}, expected "
-                             f"{cfg.n_layers} x {h.shape[0]}: make it with MemoryStack.init_state(batch_size)")
+        self._check_state(state, h.shape[0])
         if self.cross is not None:
             prefix, bias = self.prefix(state, hints)
             a, read_attn = self.cross(h, prefix, bias)
@@ -276,6 +274,18 @@ class SelectiveMemory(nn.Module):
         stats["live_score"] = w.score
         return h, state, stats
 
+    def _check_state(self, state: MemoryState, B: int) -> None:
+        """A given state fits this memory and a batch of B: every field's shape, dtype and device
+        (``MemoryState.check``: position too), never a value, so no sync."""
+        cfg = self.cfg
+        state.check("state")  # the fields agree with the slots, so checking the slots below checks all
+        if state.n_layers != cfg.n_layers or state.batch_size != B:
+            raise ValueError(f"state holds {state.n_layers} layers x batch {state.batch_size}, expected "
+                             f"{cfg.n_layers} x {B}: make it with MemoryStack.init_state(batch_size)")
+        if state.slots.shape[2:] != self.init_slots.shape[-2:] or state.slots.dtype != self.init_slots.dtype:
+            raise ValueError(f"state's slots are {state.slots.dtype} of shape {tuple(state.slots.shape)}, but this "
+                             f"memory holds {self.init_slots.dtype} (slots, d_mem) = ({cfg.slots}, {cfg.d_mem})")
+
     def stream(self, x: Tensor, state: StreamState | None = None) -> tuple[Tensor, StreamState]:
         """The one-line layer's forward: x (B, N, d) after what ``state`` has seen -> out (B, N, d),
         the state after it. Each full segment is read, then written (``forward``); a part-filled last
@@ -287,8 +297,11 @@ class SelectiveMemory(nn.Module):
         state = state if state is not None else self.init_state(x.shape[0], x.device)
         if not isinstance(state, StreamState):
             raise TypeError(f"state must be the StreamState this layer returned (or None), got {type(state).__name__}")
-        if state.memory.batch_size != x.shape[0]:
+        if not isinstance(state.memory, MemoryState):
+            raise TypeError(f"state.memory must be a MemoryState, got {type(state.memory).__name__}")
+        if state.memory.check("state.memory").batch_size != x.shape[0]:
             raise ValueError(f"state holds {state.memory.batch_size} streams but x has batch size {x.shape[0]}")
+        self._check_state(state.memory, x.shape[0])  # a part-filled segment only reads it, and needs it whole too
         memory, pending = state
         buf = x if pending is None else torch.cat([pending, x], dim=1)  # (B, n + N, d)
         outs, pending = [], None

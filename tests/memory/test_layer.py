@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from selmem import MemoryStack, SelectiveMemory, SelectiveMemoryTransformer
+from selmem.memory.layer import StreamState
 from tests.helpers import assert_close, tiny_cfg, tokens
 
 PARTS = ("read", "select", "compress", "address", "decoder")
@@ -89,6 +90,43 @@ def test_layer_checks_its_inputs():
         stack[0](torch.randn(3, 6, 32), stack.init_state(2))
     with pytest.raises(ValueError, match="layer_idx must be in"):
         SelectiveMemory(tiny_cfg(), layer_idx=5)
+
+
+def three_slots(state):
+    """The state with 3 slots where the memory has 4, consistently in every field."""
+    import dataclasses
+
+    return dataclasses.replace(state, slots=state.slots[:, :, :3], usage=state.usage[:, :, :3],
+                               age=state.age[:, :, :3], provenance=state.provenance[:, :, :3])
+
+
+@pytest.mark.parametrize("change, match", [
+    pytest.param(dict(position=lambda s: s.position.double()), "state: position must be torch.int64",
+                 id="position-float"),
+    pytest.param(dict(position=lambda s: s.position[:, None]), r"state: position must be .* shape \(2,\)",
+                 id="position-(B,1)"),
+    pytest.param(dict(usage=lambda s: s.usage.float()), "state: usage must be torch.float64", id="usage-float32"),
+    pytest.param(three_slots, r"state's slots are .* \(\d, 2, 3, 16\), but this memory holds torch.float64 "
+                 r"\(slots, d_mem\) = \(4, 16\)", id="3-slots"),
+])
+def test_a_state_that_does_not_fit_is_named_by_the_layer_and_the_one_line_layer(change, match):
+    """A position or slot count of the wrong shape failed deep inside torch, or ran on (issue 28)."""
+    import dataclasses
+
+    def changed(state):
+        if callable(change):
+            return change(state)
+        return dataclasses.replace(state, **{name: f(state) for name, f in change.items()})
+
+    stack = MemoryStack(tiny_cfg()).double()
+    with pytest.raises(ValueError, match=f"^{match}") as err:
+        stack[0](torch.randn(2, 6, 32, dtype=torch.float64), changed(stack.init_state(2)))
+    assert "\n" not in str(err.value)
+    layer = one_line()
+    memory = changed(layer.init_state(2).memory)
+    for length in (3, 20):  # a part-filled segment only reads the memory; a full one writes it too
+        with pytest.raises(ValueError, match=f"^{match.replace('state', 'state(.memory)?', 1)}"):
+            layer(torch.randn(2, length, 32, dtype=torch.float64), StreamState(memory))
 
 
 # --- the one-line layer (issue 27, item 3): SelectiveMemory(dim, ...)(x, state) -> (out, state) ---
