@@ -17,11 +17,14 @@ import tyro
 import yaml
 from torch import nn
 
+from selmem.baselines import ARCHS, build_model
 from selmem.config import SelmemConfig, TrainConfig, from_dict, load_yaml
 from selmem.tasks import TASKS
 from selmem.tasks.base import Task
 
-Arch = Literal["selmem", "local", "full", "txl", "rmt", "armt", "lstm", "txl-xtransformers", "rmt-lucidrains"]
+# the names the model classes declare (baselines.ARCHS), as a Literal so that tyro and the YAML
+# check offer exactly those
+Arch = Literal[tuple(ARCHS)]  # type: ignore[valid-type]
 
 # tyro shows each task as a subcommand named like the task: `task:mqar --task.num-pairs 4`
 TaskChoice = Union[tuple(  # noqa: UP007 (a Union built at runtime from the registry)
@@ -38,7 +41,7 @@ class ExperimentConfig:
     """A model, a task and a training recipe."""
 
     arch: Arch = "selmem"
-    """Which model: selmem or a baseline (local, full, txl, rmt, armt, lstm)."""
+    """Which model: selmem or a baseline, by the name its class declares (baselines.ARCHS)."""
     model: SelmemConfig = field(default_factory=SelmemConfig)
     """Model config; baselines read the fields they share (widths, depth, slots as memory size)."""
     task: TaskChoice = field(default_factory=_default_task)  # type: ignore[valid-type]
@@ -109,10 +112,4 @@ class ExperimentConfig:
 
 def build(exp: ExperimentConfig) -> tuple[nn.Module, Task]:
     """The model and task of a resolved experiment."""
-    if exp.arch == "selmem":
-        from selmem.model import SelectiveMemoryTransformer
-
-        return SelectiveMemoryTransformer(exp.model), exp.task
-    from selmem.baselines import build_model
-
     return build_model(exp.arch, exp.model), exp.task

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.utils.checkpoint
@@ -69,6 +69,12 @@ class Output:
 class SelectiveMemoryTransformer(nn.Module):
     """A causal Transformer whose every layer owns a selectively written bank of memory slots."""
 
+    arch: ClassVar[str] = "selmem"
+    """The name runs and commands know it by (``baselines.MODELS``, ``ExperimentConfig.arch``)."""
+    state_knob: ClassVar[str | None] = None
+    """The config field ``selmem compare`` sets to match another model's state to this one's:
+    none, the baselines are sized to selmem's."""
+
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()
         self.cfg = cfg.validate()
@@ -109,7 +115,12 @@ class SelectiveMemoryTransformer(nn.Module):
     def state_size(self, seq_len: int | None = None) -> int:
         """Floats carried per sequence between segments, whatever ``seq_len`` (accepted so every
         model answers the same call; full attention's cache grows with it)."""
-        return self.cfg.state_floats()
+        return self.state_floats(self.cfg, seq_len)
+
+    @staticmethod
+    def state_floats(cfg: SelmemConfig, seq_len: int | None = None) -> int:
+        """``state_size`` of a model built from ``cfg``, without building it (as every model's)."""
+        return cfg.state_floats()
 
     # ------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor | None, state: MemoryState | None = None, mask: Tensor | None = None, *,

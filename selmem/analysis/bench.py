@@ -26,6 +26,7 @@ from typing import Any
 
 from selmem.analysis import bench_scale as scale
 from selmem.analysis.bench_scale import step_loss, training_batch
+from selmem.baselines import ARCHS, MODELS
 from selmem.experiment import ExperimentConfig
 
 
@@ -33,8 +34,8 @@ from selmem.experiment import ExperimentConfig
 class BenchConfig:
     """What to time, and how long."""
 
-    models: list[str] = field(default_factory=lambda: ["selmem", "local", "full", "txl", "rmt", "armt", "lstm"])
-    """Registered model names."""
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    """Registered model names (default: every model of baselines.MODELS)."""
     batch_size: int = 0
     """Sequences per step; 0 = the experiment's train.batch_size (what its trainer steps on)."""
     seq_len: int = 0
@@ -137,11 +138,10 @@ def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> d
 
 def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]], str]:
     """Time every model of ``bc`` on ``exp``'s model size and task; return rows and a markdown table."""
-    from selmem.analysis.compare import STATE_KNOB
 
-    unknown = [m for m in bc.models if m not in STATE_KNOB]
+    unknown = [m for m in bc.models if m not in ARCHS]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(STATE_KNOB)}")
+        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(ARCHS)}")
     if bc.repeats < 1:
         raise ValueError(f"--bench.repeats must be >= 1, got {bc.repeats}")
     if bc.batch_size < 0:
@@ -149,9 +149,9 @@ def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]],
     bc = replace(bc, batch_size=bc.batch_size or exp.train.batch_size)
     if bc.warmup < 0 or bc.seq_len < 0:
         raise ValueError("--bench.warmup and --bench.seq-len must be >= 0")
-    unknown = [m for m in bc.stream_models if m not in STATE_KNOB]
+    unknown = [m for m in bc.stream_models if m not in ARCHS]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown} in --bench.stream-models; known: {sorted(STATE_KNOB)}")
+        raise ValueError(f"unknown model(s) {unknown} in --bench.stream-models; known: {sorted(ARCHS)}")
     if any(n < 1 for n in bc.stream_lengths):
         raise ValueError(f"--bench.stream-lengths must be >= 1 tokens each, got {bc.stream_lengths}")
     exp = exp.resolved()

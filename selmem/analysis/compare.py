@@ -22,17 +22,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from selmem.baselines import state_size
+from selmem.baselines import ARCHS, STATE_KNOB, state_size
 from selmem.config import SelmemConfig
 from selmem.experiment import ExperimentConfig
 from selmem.files import read_json
 from selmem.tasks.base import PERCENT_METRICS, headline_metric
-
-# which config field sizes each model's carried state (None: not adjustable)
-STATE_KNOB = {"selmem": None, "local": None, "full": None, "lstm": None,
-              "txl": "slots", "rmt": "slots", "armt": "d_mem",
-              "txl-xtransformers": "slots", "rmt-lucidrains": "slots"}
-
 
 @dataclass
 class CompareConfig:
@@ -264,9 +258,9 @@ def new_folder(base: ExperimentConfig, name: str, kind: str, extend: bool = Fals
 
 def compare(base: ExperimentConfig, cc: CompareConfig) -> tuple[Path, str]:
     """Train every (model, seed) of ``cc`` on ``base``'s task and budget; write the report."""
-    unknown = [m for m in cc.models if m not in STATE_KNOB]
+    unknown = [m for m in cc.models if m not in ARCHS]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(STATE_KNOB)}")
+        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(ARCHS)}")
     if not cc.seeds:
         raise ValueError("compare needs at least one seed")
     out_dir = new_folder(base, cc.name, "compare", cc.extend)

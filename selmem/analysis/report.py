@@ -17,12 +17,12 @@ from typing import Any
 
 from selmem.analysis.compare import METRICS, fmt_metric, metric_keys
 from selmem.analysis.length import summarise as summarise_lengths
+from selmem.baselines import MODELS  # the overview's columns, in the registry's order
 from selmem.tasks.base import LOWER_IS_BETTER, PERCENT_METRICS
 
 # claim -> the ablation run (its folder label) that tests it at the longest evaluated length
 LONG_STREAM_CLAIMS = {"forgetting keeps the memory useful over long streams": "forgetting-off"}
 PLOTS = ("curves.png", "state.png", "ablation.png", "length.png")
-MODELS = ("selmem", "full", "local", "txl", "rmt", "armt", "lstm")  # the overview's column order
 
 # claim -> the ablation variant whose removal tests it (see ``verdicts``)
 CLAIMS = {

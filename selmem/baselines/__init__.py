@@ -22,30 +22,34 @@ from selmem.baselines.txl import TransformerXL
 from selmem.config import SelmemConfig
 from selmem.model import SelectiveMemoryTransformer
 
-MODELS: dict[str, type[nn.Module]] = {
-    "selmem": SelectiveMemoryTransformer,
-    "local": LocalTransformer,  # no memory: lower bound
-    "full": FullAttentionTransformer,  # KV cache of the whole input: upper bound
-    "txl": TransformerXL,  # cached layer inputs, mem_len = slots
-    "rmt": RecurrentMemoryTransformer,  # slots memory tokens
-    "armt": AssociativeRecurrentMemoryTransformer,  # d_mem x d_model associative matrix per layer
-    "lstm": LSTMLanguageModel,  # width matched to selmem's parameter count
-}
-
+# every model with the full interface, under the name its class declares (``arch``), in the
+# order tables show them: selmem, its bounds, then the memories it is compared with
+MODELS: dict[str, type[nn.Module]] = {cls.arch: cls for cls in (
+    SelectiveMemoryTransformer,
+    FullAttentionTransformer,  # KV cache of the whole input: upper bound
+    LocalTransformer,  # no memory: lower bound
+    TransformerXL,  # cached layer inputs, mem_len = slots
+    RecurrentMemoryTransformer,  # slots memory tokens
+    AssociativeRecurrentMemoryTransformer,  # d_mem x d_model associative matrix per layer
+    LSTMLanguageModel,  # width matched to selmem's parameter count
+)}
 
 # the public implementations of txl and rmt (optional packages), trainable by compare; they stream
 # with forward_sequence only, so they are not in MODELS, whose members share the full interface
-PEERS: dict[str, type[nn.Module]] = {
-    "txl-xtransformers": XTransformersXL,
-    "rmt-lucidrains": LucidrainsRMT,
-}
+PEERS: dict[str, type[nn.Module]] = {cls.arch: cls for cls in (XTransformersXL, LucidrainsRMT)}
+
+# every name a run may give as its arch (ExperimentConfig.arch): MODELS, then PEERS
+ARCHS: dict[str, type[nn.Module]] = {**MODELS, **PEERS}
+
+# which config field sizes each model's carried state, as its class declares (None: not adjustable)
+STATE_KNOB: dict[str, str | None] = {name: cls.state_knob for name, cls in ARCHS.items()}
 
 
 def build_model(name: str, cfg: SelmemConfig) -> nn.Module:
     """The model registered as ``name`` (in MODELS or PEERS), built from ``cfg``."""
-    if name not in MODELS and name not in PEERS:
+    if name not in ARCHS:
         raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS) + sorted(PEERS)}")
-    return (MODELS.get(name) or PEERS[name])(cfg)
+    return ARCHS[name](cfg)
 
 
 def params(model: nn.Module) -> int:
@@ -63,11 +67,9 @@ def state_size(name: str, cfg: SelmemConfig, seq_len: int | None = None) -> int:
     """Floats model ``name`` carries per sequence between segments under ``cfg``, without
     building it. ``seq_len`` (tokens streamed so far) is needed by ``full`` only, whose KV cache
     grows with the input; the other models' states are constant."""
-    if name not in MODELS and name not in PEERS:
+    if name not in ARCHS:
         raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS) + sorted(PEERS)}")
-    if name == "selmem":
-        return cfg.state_floats()
-    return (MODELS.get(name) or PEERS[name]).state_floats(cfg, seq_len)
+    return ARCHS[name].state_floats(cfg, seq_len)
 
 
-__all__ = ["MODELS", "PEERS", "build_model", "params", "state_size"]
+__all__ = ["ARCHS", "MODELS", "PEERS", "STATE_KNOB", "build_model", "params", "state_size"]

@@ -109,6 +109,8 @@ class AssociativeRecurrentMemoryTransformer(TransformerLM):
     d_mem x d_model (d_mem = DPFP feature width, even and >= 6; see ``dpfp_nu``). Carries
     n_layers * (d_mem * d_model + d_mem) floats."""
 
+    arch = "armt"
+    state_knob = "d_mem"
     state_type = ARMTState
 
     def __init__(self, cfg: SelmemConfig) -> None:

@@ -11,7 +11,7 @@ behave exactly like ``SelectiveMemoryTransformer``'s, so one training loop drive
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +58,11 @@ class SegmentModel(nn.Module):
     ``state_floats`` and (optionally) ``state_shapes``."""
 
     state_type: type[BaselineState] = BaselineState
+    arch: ClassVar[str]
+    """The name runs and commands know the model by (``baselines.MODELS``, ``ExperimentConfig.arch``)."""
+    state_knob: ClassVar[str | None] = None
+    """The config field that sizes the carried state, which ``selmem compare`` sets so that the
+    model carries about as many floats as selmem (None: its state does not follow one)."""
 
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()

@@ -41,6 +41,7 @@ class FullAttentionTransformer(TransformerLM):
     n_layers * d_model * (2 * seq_len + min(seq_len, short_conv - 1)): the cache after seq_len
     tokens."""
 
+    arch = "full"
     state_type = KVCacheState
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> KVCacheState:

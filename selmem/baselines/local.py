@@ -26,6 +26,7 @@ class LocalTransformer(TransformerLM):
     vocab_size, d_model, n_layers, n_heads, mlp_ratio, short_conv, max_segment_len; carries 0
     floats."""
 
+    arch = "local"
     state_type = LocalState
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> LocalState:

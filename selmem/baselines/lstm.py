@@ -52,6 +52,7 @@ class LSTMLanguageModel(SegmentModel):
     (``lstm_hidden``); d_model, n_heads, mlp_ratio, short_conv, slots and d_mem do not apply
     to its layers. Carries 2 * n_layers * H floats."""
 
+    arch = "lstm"
     state_type = LSTMState
 
     def __init__(self, cfg: SelmemConfig) -> None:

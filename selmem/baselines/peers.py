@@ -18,7 +18,7 @@ both carry the same state as ours.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -55,6 +55,11 @@ class _Peer(nn.Module):
     """A peer package's model behind our segment interface; ``forward_sequence`` is the same
     ``run_segments`` loop as ours (segments, truncated BPTT, concatenated logits)."""
 
+    arch: ClassVar[str]
+    """The name runs and commands know the model by (``baselines.PEERS``)."""
+    state_knob: ClassVar[str | None] = "slots"
+    """The config field that sizes the carried state, as SegmentModel's."""
+
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()
         self.cfg = cfg.validate()
@@ -84,6 +89,8 @@ class XTransformersXL(_Peer):
     """x-transformers' XL recurrence: each layer attends to its cached inputs of the last
     ``slots`` positions (no gradient into the cache, as in Transformer-XL)."""
 
+    arch = "txl-xtransformers"
+
     state_floats = staticmethod(TransformerXL.state_floats)
 
     def build(self, cfg: SelmemConfig) -> nn.Module:
@@ -104,6 +111,8 @@ class XTransformersXL(_Peer):
 class LucidrainsRMT(_Peer):
     """recurrent-memory-transformer-pytorch with ``slots`` read/write memory tokens whose outputs
     are carried (with gradient) to the next segment."""
+
+    arch = "rmt-lucidrains"
 
     state_floats = staticmethod(RecurrentMemoryTransformer.state_floats)
 

@@ -41,6 +41,8 @@ class RecurrentMemoryTransformer(TransformerLM):
     [read ; segment ; write], so the segment's first tokens also mix in the read memory),
     max_segment_len; memory tokens M = ``slots``. Carries slots * d_model floats."""
 
+    arch = "rmt"
+    state_knob = "slots"
     state_type = RMTState
 
     def __init__(self, cfg: SelmemConfig) -> None:

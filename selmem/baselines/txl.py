@@ -37,6 +37,8 @@ class TransformerXL(TransformerLM):
     mem_len = ``slots`` tokens per layer. Carries n_layers * slots * d_model floats (once the
     stream has seen ``slots`` tokens; less before)."""
 
+    arch = "txl"
+    state_knob = "slots"
     state_type = XLState
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> XLState:

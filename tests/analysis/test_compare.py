@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from selmem.analysis.compare import STATE_KNOB, CompareConfig, compare, matched_config, plan
-from selmem.baselines import MODELS, PEERS, state_size
+from selmem.analysis.compare import CompareConfig, compare, matched_config, plan
+from selmem.baselines import ARCHS, MODELS, PEERS, STATE_KNOB, state_size
 from selmem.config import SelmemConfig
 from selmem.experiment import ExperimentConfig
 
@@ -104,6 +104,9 @@ def test_plan_shares_task_and_budget(tmp_path):
 
 
 def test_every_model_has_a_state_knob_entry():
+    """Each model's name and state knob are declared once, by its class; the registries read them."""
+    assert all(cls.arch == name for name, cls in ARCHS.items()) and list(ARCHS) == [*MODELS, *PEERS]
+    assert STATE_KNOB == {name: cls.state_knob for name, cls in ARCHS.items()}
     assert set(STATE_KNOB) == set(MODELS) | set(PEERS)
     knobs = {f.name for f in fields(SelmemConfig)}
     assert all(k is None or k in knobs for k in STATE_KNOB.values())
