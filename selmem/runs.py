@@ -49,7 +49,14 @@ def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None,
     ``task_set`` / ``model_set`` override task / model fields as ``key=value`` (model fields that
     change no weight, such as age_weight, so the checkpoint still loads). A damaged or missing
     checkpoint falls back to the newest good one, and one line on stderr names both
-    (``checkpoint.load_newest_good``)."""
+    (``checkpoint.load_newest_good``); ``load_run_checkpoint`` also returns the one loaded."""
+    return load_run_checkpoint(run, ckpt, task_set, model_set)[:3]
+
+
+def load_run_checkpoint(run: str | Path, ckpt: str = "", task_set: list[str] | None = None,
+                        model_set: list[str] | None = None) -> tuple[ExperimentConfig, nn.Module, Task, Path]:
+    """``load_run``, and the checkpoint folder whose weights the model holds: the one asked for, or
+    the newest good one a reader fell back to (inspect and length say which)."""
     from selmem.train.checkpoint import load_newest_good
 
     run = Path(run)
@@ -71,9 +78,9 @@ def load_run(run: str | Path, ckpt: str = "", task_set: list[str] | None = None,
         given = " with the --task-set/--model-set overrides" if task_set or model_set else ""
         raise ValueError(f"{run / 'config.yaml'}{given}: {e}") from None
     model, task = build(exp)
-    load_newest_good(run / "ckpt" / ckpt, model, inference=True,
-                     log=lambda message: print(message, file=sys.stderr, flush=True))
-    return exp, model.eval(), task
+    used = load_newest_good(run / "ckpt" / ckpt, model, inference=True,
+                            log=lambda message: print(message, file=sys.stderr, flush=True))
+    return exp, model.eval(), task, used
 
 
 def load_selmem_run(run: str | Path, ckpt: str = "best") -> tuple[ExperimentConfig, nn.Module]:

@@ -56,18 +56,20 @@ def find_run(path: str | Path) -> tuple[Path, str | None]:
 def inspect_run(path: str | Path, ckpt: str | None = None, examples: int = 4,
                 out: str | Path | None = None) -> Path:
     """Write the pictures and ``index.html`` for a run (or one of its checkpoints); returns the
-    page's path. ``ckpt`` (best/last) defaults to the checkpoint named by ``path``, else best.
-    Raises ValueError for a model without memory stats (a baseline), after writing metrics.png."""
-    from selmem.runs import load_run
+    page's path. ``ckpt`` (best/last) defaults to the checkpoint named by ``path``, else best; a
+    missing or damaged best or last falls back to the newest good checkpoint, and the page names
+    the one shown (``runs.load_run_checkpoint``). Raises ValueError for a model without memory
+    stats (a baseline), after writing metrics.png."""
+    from selmem.runs import load_run_checkpoint
 
     if examples < 1:
         raise ValueError(f"examples must be >= 1, got {examples}")
     run, tag = find_run(path)
     ckpt = ckpt or tag or "best"
-    if not (run / "ckpt" / ckpt).is_dir():
+    if ckpt not in ("best", "last") and not (run / "ckpt" / ckpt).is_dir():  # a typo is not a fallback
         have = sorted(p.name for p in (run / "ckpt").glob("*") if p.is_dir())
         raise FileNotFoundError(f"{run} has no checkpoint {ckpt!r} (it has: {', '.join(have) or 'none'})")
-    exp, model, task = load_run(run, ckpt)
+    exp, model, task, used = load_run_checkpoint(run, ckpt)
     out = Path(out) if out else run / "inspect"
     out.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
@@ -91,8 +93,8 @@ def inspect_run(path: str | Path, ckpt: str | None = None, examples: int = 4,
     metrics = memory_metrics(res.stats, batch)
     acc = _accuracy(pred, batch)
     page = out / "index.html"
-    page.write_text(render_html(run, ckpt, exp, examples, acc, metrics, sections,
-                                out / "metrics.png" if has_curves else None), encoding="utf-8")
+    page.write_text(render_html(run, used.name, exp, examples, acc, metrics, sections,
+                                out / "metrics.png" if has_curves else None, asked=ckpt), encoding="utf-8")
     return page
 
 
@@ -365,12 +367,15 @@ def metrics_table(metrics: dict[str, float]) -> str:
 
 def render_html(run: Path, ckpt: str, exp: Any, examples: int, acc: float | None,
                 metrics: dict[str, float], sections: list[tuple[int, list[Path | None]]],
-                curves: Path | None) -> str:
-    """The one self-contained page (images embedded as data URIs)."""
+                curves: Path | None, asked: str | None = None) -> str:
+    """The one self-contained page (images embedded as data URIs). ``ckpt``: the checkpoint the
+    weights came from; ``asked``: the one asked for, when the reader fell back from it."""
     esc = html.escape
     m = exp.model
+    fell = f" (ckpt/{esc(asked)} is missing or damaged: the newest good checkpoint instead)" if asked not in (
+        None, ckpt) else ""
     parts = [f"<h1>selmem inspect: {esc(run.name)}</h1>",
-             f"<p>Run <code>{esc(str(run))}</code>, checkpoint <b>{esc(ckpt)}</b>. Model {esc(exp.arch)}: "
+             f"<p>Run <code>{esc(str(run))}</code>, checkpoint <b>{esc(ckpt)}</b>{fell}. Model {esc(exp.arch)}: "
              f"{m.n_layers} layers, {m.slots} slots × {m.d_mem} per layer, select={esc(m.select)}, "
              f"compress={esc(m.compress)}, address={esc(m.address)}. Task {esc(exp.task.name)}, "
              f"segment length {exp.segment_len()}. Shown: the first {examples} sequences of the test set"

@@ -49,7 +49,8 @@ class LengthConfig:
     batches: int = 4
     """Test batches per length (of the run's batch size)."""
     ckpt: str = "best"
-    """Which checkpoint of each run: best or last."""
+    """Which checkpoint of each run: best or last (missing or damaged: the run's newest good one,
+    named on stderr and in results.md)."""
     model_set: list[str] = field(default_factory=list)
     """Model overrides that change no weight, as key=value (e.g. age_weight=0), for selmem runs."""
     name: str = ""
@@ -92,18 +93,26 @@ def wanted(label: str, arch: str, models: list[str]) -> bool:
 
 
 def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
-    from selmem.runs import load_run
+    """Every wanted run of ``folder`` at each length. A run's missing or damaged ckpt/<lc.ckpt>
+    falls back to its newest good checkpoint (``runs.load_run_checkpoint``), recorded in each
+    point's "checkpoint"; a run with no checkpoint at all is skipped, saying so."""
+    from selmem.runs import load_run_checkpoint
+    from selmem.train.run import has_checkpoint
 
-    runs = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file() and (p / "ckpt" / lc.ckpt).is_dir())
+    runs = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file() and has_checkpoint(p / "ckpt"))
     if not runs:
-        raise FileNotFoundError(f"{folder} has no run folders with a ckpt/{lc.ckpt} checkpoint")
+        raise FileNotFoundError(f"{folder} has no run folders with a checkpoint")
     out = []
-    for run_dir in runs:
+    for run_dir in sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file()):
         exp = ExperimentConfig.from_yaml(run_dir / "config.yaml")
         label = re.sub(r"-s\d+$", "", run_dir.name)  # selmem-s0 -> selmem; select-all-s1 -> select-all
         if not wanted(label, exp.arch, lc.models):
             continue
-        exp, model, task = load_run(run_dir, lc.ckpt, model_set=lc.model_set if exp.arch == "selmem" else None)
+        if run_dir not in runs:
+            print(f"  {run_dir}: no checkpoint, skipped", file=sys.stderr, flush=True)
+            continue
+        exp, model, task, used = load_run_checkpoint(run_dir, lc.ckpt,
+                                                     model_set=lc.model_set if exp.arch == "selmem" else None)
         if task.name not in STRETCH:
             raise ValueError(f"task {task.name} has no length to stretch; length works on {sorted(STRETCH)}")
         seg = exp.segment_len()
@@ -113,7 +122,8 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
             if lc.model_set and exp.arch == "selmem":
                 label += f" ({', '.join(lc.model_set)})"
             out.append({"task": task.name, "model": label, "seed": exp.train.seed, "segments": n, "accuracy": acc,
-                        "trained_segments": task.seq_len // seg, "chance": task.chance})
+                        "trained_segments": task.seq_len // seg, "chance": task.chance,
+                        "checkpoint": str(used)})
             print(f"  {run_dir.name:<12} {n:>4} segments: accuracy {acc:.3f} ({time.time() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
     return out
@@ -187,8 +197,11 @@ def length(folders: str | Path | list[str | Path], lc: LengthConfig) -> tuple[Pa
     sources = [str(s) for s in (folders if isinstance(folders, list) else [folders])]
     (out_dir / "results.json").write_text(json.dumps({"kind": "length", "task": task, "sources": sources,
                                                       "config": asdict(lc), "points": points}, indent=1))
+    fell = sorted({p["checkpoint"] for p in points if Path(p["checkpoint"]).name != lc.ckpt})
+    fell_note = (f"\n\nNot ckpt/{lc.ckpt} (missing or damaged there), the newest good checkpoint: "
+                 + ", ".join(fell) + "." if fell else "")
     (out_dir / "results.md").write_text(
-        f"# length generalisation on {task}\n\nCommand: `{' '.join(['selmem', *sys.argv[1:]])}`\n\n{table}\n")
+        f"# length generalisation on {task}\n\nCommand: `{' '.join(['selmem', *sys.argv[1:]])}`\n\n{table}{fell_note}\n")
     try:
         plot(out_dir, points, task)
     except ImportError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,26 @@ def test_cli_inspect_on_a_checkpoint_folder(run_dir: Path, tmp_path: Path) -> No
     text = _check_page(tmp_path / "index.html")
     assert "checkpoint <b>last</b>" in text  # the checkpoint the path named, not best
     assert (tmp_path / "read_L1.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("how", ["missing", "damaged"])
+def test_a_missing_or_damaged_best_falls_back_and_the_page_names_the_checkpoint_shown(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str) -> None:
+    """inspect refused a run without ckpt/best although ckpt/last was good, and after falling back
+    from a damaged best its page still said 'checkpoint best' (issue 28)."""
+    run = tmp_path / "r"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("inspect"))
+    best = run / "ckpt" / "best"
+    if how == "missing":
+        shutil.rmtree(best)
+    else:
+        weights = best / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    text = _check_page(inspect_run(run, examples=1, out=tmp_path / "out"))
+    assert "checkpoint <b>last</b> (ckpt/best is missing or damaged: the newest good checkpoint instead)" in text
+    note = [line for line in capsys.readouterr().err.splitlines() if str(best) in line]
+    assert len(note) == 1 and f"using {run / 'ckpt' / 'last'} (step 4) instead" in note[0], note
 
 
 def test_find_run_accepts_run_and_checkpoint_folders(run_dir: Path) -> None:

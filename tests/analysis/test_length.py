@@ -104,3 +104,40 @@ def test_models_name_runs_of_a_comparison_or_an_ablation(label, arch, models, ch
     from selmem.analysis.length import wanted
 
     assert wanted(label, arch, models) is chosen
+
+
+def test_a_missing_or_damaged_best_falls_back_to_the_newest_good_checkpoint_and_says_which(tmp_path, capsys):
+    """length skipped a run without ckpt/best although its ckpt/last was good, and recorded no
+    checkpoint where it fell back from a damaged one (issue 28)."""
+    import shutil
+
+    from selmem.train.loop import train
+
+    folder = tmp_path / "c"
+    exp = ExperimentConfig.from_yaml(SMOKE)
+    threads = torch.get_num_threads()
+    try:
+        for seed in (0, 1):
+            train(replace(exp, train=replace(exp.train, out_dir=str(folder), steps=2, eval_every=2, seed=seed,
+                                             name=f"selmem-s{seed}")))
+    finally:
+        torch.set_num_threads(threads)
+    shutil.rmtree(folder / "selmem-s0" / "ckpt" / "best")
+    weights = folder / "selmem-s1" / "ckpt" / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (folder / "selmem-s2").mkdir()  # a run that died before its first checkpoint
+    shutil.copy(folder / "selmem-s1" / "config.yaml", folder / "selmem-s2")
+    capsys.readouterr()
+
+    out_dir, _ = length(folder, LengthConfig(segments=[2], models=["selmem"], batches=1, name=str(tmp_path / "l")))
+    saved = json.loads((out_dir / "results.json").read_text())
+    last = [str(folder / f"selmem-s{seed}" / "ckpt" / "last") for seed in (0, 1)]
+    assert sorted(p["checkpoint"] for p in saved["points"]) == last
+    err = capsys.readouterr().err
+    for seed, used in enumerate(last):
+        best = folder / f"selmem-s{seed}" / "ckpt" / "best"
+        note = [line for line in err.splitlines() if str(best) in line]
+        assert len(note) == 1 and f"using {used} (step 2) instead" in note[0], err
+    assert f"{folder / 'selmem-s2'}: no checkpoint, skipped" in err
+    assert f"Not ckpt/best (missing or damaged there), the newest good checkpoint: {', '.join(last)}." in (
+        out_dir / "results.md").read_text()
