@@ -228,6 +228,17 @@ class SelmemConfig:
         """Floats one sequence carries between segments: slots + usage + age, all layers."""
         return self.n_layers * self.slots * (self.d_mem + 2)
 
+    def resolve_segment_len(self, segment_len: int | None = None) -> int:
+        """The segment length a model streams in when asked for ``segment_len``: that, or
+        max_segment_len for None or 0; a ValueError outside [1, max_segment_len]. Every model's
+        forward_sequence (``run_segments``), selmem's packed rows and its teacher, and the one-line
+        layer resolve theirs here; an experiment picks the one it asks for
+        (``ExperimentConfig.segment_len``: train, else task, else the model's maximum)."""
+        seg = segment_len or self.max_segment_len
+        if not 1 <= seg <= self.max_segment_len:
+            raise ValueError(f"segment_len must be in [1, max_segment_len={self.max_segment_len}], got {seg}")
+        return seg
+
     # --- YAML ---------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SelmemConfig:

@@ -205,6 +205,17 @@ class SelectiveMemoryTransformer(nn.Module):
             cache = decoding.new_cache(self, tokens.shape[0], segment_len, device=tokens.device)
         return decoding.decode(self, tokens, cache)
 
+    def check(self, tokens: Tensor, state: MemoryState | None = None) -> MemoryState:
+        """``forward``'s checks of a segment of tokens (B, T) and its state, for a caller that runs
+        the model's parts itself (decode.py): raises naming the problem, else returns the state (a
+        fresh one for None). Reads the token range and the state's finiteness: one device sync."""
+        return self._check(tokens, state)
+
+    @staticmethod
+    def next_state(state: MemoryState, writes: list[Write], advance: int | Tensor) -> MemoryState:
+        """The memory after a segment: every layer's ``write`` stacked, the position advanced."""
+        return SelectiveMemoryTransformer._stack(state, writes, advance)
+
     def write(self, ys: list[Tensor], reads: list[Tensor | None], state: MemoryState, pos: Tensor,
               valid: Tensor | None = None, parts: Parts | None = None) -> list[Write]:
         """Every layer's write of one segment (cfg.writes: batched or per layer): ys [(B, T, d)] * L
@@ -291,7 +302,7 @@ class SelectiveMemoryTransformer(nn.Module):
             out = run_segments(self, tokens, segment_len, state, checked=True,
                                parts=self.write_parts(x.shape[0], x.device), **extra)
         else:
-            out = self._forward_packed(tokens, segment_len or self.cfg.max_segment_len, state, attention_mask,
+            out = self._forward_packed(tokens, self.cfg.resolve_segment_len(segment_len), state, attention_mask,
                                        reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids), checked,
                                        **extra)
         cfg = self.cfg
@@ -308,7 +319,7 @@ class SelectiveMemoryTransformer(nn.Module):
         else:
             if answer_targets is None or answer_targets.shape != tokens.shape:
                 raise ValueError("credit='probe' needs answer_targets (B, N), the targets at the answer positions")
-            seg = segment_len or cfg.max_segment_len
+            seg = cfg.resolve_segment_len(segment_len)
             out.losses["probe"], c, attn = credit.probe_losses(self.probe, tokens, out.scores, seg, answer_mask,
                                                                 answer_targets, answer_count, cfg.probe_target)
             out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * out.losses["probe"]
@@ -324,9 +335,7 @@ class SelectiveMemoryTransformer(nn.Module):
                         starts: Tensor | None, checked: bool = False, inputs_embeds: Tensor | None = None,
                         output_hidden_states: bool = False) -> Output:
         """forward_sequence for padded/packed rows: the steps of packing.schedule, then every
-        step's logits and scores put back at their row positions."""
-        if not 1 <= seg <= self.cfg.max_segment_len:
-            raise ValueError(f"segment_len must be in [1, max_segment_len={self.cfg.max_segment_len}], got {seg}")
+        step's logits and scores put back at their row positions. seg: ``cfg.resolve_segment_len``'s."""
         if inputs_embeds is not None:
             tokens = self._placeholder_ids(tokens, inputs_embeds)  # the ids' checks, on zeros
         B, N = tokens.shape
@@ -443,9 +452,7 @@ def run_segments(model: nn.Module, tokens: Tensor, segment_len: int | None, stat
     ``inputs_embeds`` (B, N, d) (tokens None), its segments go as ``inputs_embeds=`` instead.
     Hidden states (``Output.hidden_states``) are concatenated where the model returns them."""
     cfg = model.cfg
-    seg = segment_len or cfg.max_segment_len
-    if not 1 <= seg <= cfg.max_segment_len:
-        raise ValueError(f"segment_len must be in [1, max_segment_len={cfg.max_segment_len}], got {seg}")
+    seg = cfg.resolve_segment_len(segment_len)
     embeds = kwargs.pop("inputs_embeds", None)
     if embeds is None and (not isinstance(tokens, Tensor) or tokens.dim() != 2):
         raise ValueError(f"tokens must be a (batch, length) tensor, got {_describe(tokens)}")

@@ -137,6 +137,16 @@ def test_state_floats_matches_state(overrides):
     assert model.state_size() == model.cfg.state_floats() == model.init_state(3).num_floats()
 
 
+def test_the_segment_length_is_resolved_in_one_place():
+    """None or 0 = max_segment_len, else the length asked for within [1, max_segment_len]; every
+    model's forward_sequence, the packed path and the one-line layer resolve theirs so."""
+    cfg = tiny_cfg(max_segment_len=8)
+    assert cfg.resolve_segment_len() == cfg.resolve_segment_len(0) == 8 and cfg.resolve_segment_len(3) == 3
+    for bad in (9, -1):
+        with pytest.raises(ValueError, match=rf"segment_len must be in \[1, max_segment_len=8\], got {bad}"):
+            cfg.resolve_segment_len(bad)
+
+
 @pytest.mark.parametrize("text, key, lines", [
     ("model:\n  slots: 4\n  d_mem: 16\n  slots: 8\n", "slots", (2, 4)),
     ("train:\n  steps: 4\ntrain:\n  steps: 8\n", "train", (1, 3)),

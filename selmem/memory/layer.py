@@ -199,7 +199,7 @@ class SelectiveMemory(nn.Module):
                                 "in the config, or pass the width, SelectiveMemory(dim, **fields)")
         elif isinstance(cfg, int) and not isinstance(cfg, bool):
             cfg = SelmemConfig(**{"d_model": cfg, "n_layers": 1, "credit": "none", **fields})
-            segment_len = segment_len or cfg.max_segment_len
+            segment_len = segment_len or 0  # the one-line layer: 0 = max_segment_len (cfg.resolve_segment_len)
         else:
             raise TypeError(f"SelectiveMemory takes a SelmemConfig or the model width (int), got {type(cfg).__name__}")
         self.cfg = cfg.validate()
@@ -215,16 +215,14 @@ class SelectiveMemory(nn.Module):
         self.cross = CrossRead(cfg.d_model, cfg.n_heads) if read == "cross" and cfg.read == "on" else None
         self.init_slots = nn.Parameter(torch.randn(cfg.slots, cfg.d_mem))  # unit-RMS, like the candidates
         self.slot_decay = nn.Parameter(torch.full((cfg.slots,), 4.0)) if cfg.slot_decay else None
-        self.segment_len = segment_len  # set: the one-line layer (forward streams; see the class docstring)
         if segment_len is not None:
             if cfg.n_layers != 1 or read != "cross":
                 raise ValueError(f"the one-line layer (segment_len=) is a one-layer memory read by cross-attention: "
                                  f"needs n_layers=1 and read='cross', got n_layers={cfg.n_layers}, read={read!r} "
                                  "(a memory per host layer: MemoryStack)")
-            if not 1 <= segment_len <= cfg.max_segment_len:
-                raise ValueError(f"segment_len must be in [1, max_segment_len={cfg.max_segment_len}], "
-                                 f"got {segment_len}")
+            segment_len = cfg.resolve_segment_len(segment_len)
             self.cache_transform = CacheTransform(cfg)  # its own: no stack to share one with
+        self.segment_len = segment_len  # set: the one-line layer (forward streams; see the class docstring)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> StreamState:
         """The one-line layer's fresh state for ``batch_size`` streams."""
