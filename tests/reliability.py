@@ -9,11 +9,13 @@ tests/test_reliability.py fails when the committed page differs from what this w
 
 from __future__ import annotations
 
+import ast
 import math
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "RELIABILITY.md"
@@ -36,6 +38,43 @@ def ids(fn: Callable, arg: str) -> list[str]:
     return [getattr(p, "id", None) or str(p) for p in mark.kwargs.get("ids") or mark.args[1]]
 
 
+def unimported(name: str) -> SimpleNamespace:
+    """tests/<name>.py read, not imported, for a test module whose imports need an optional extra
+    (test_hf: transformers), so the page is the same with or without it: a stand-in module whose
+    test functions carry their ``parametrize`` marks (argument names, values, ids) as far as the
+    source spells them, enough for ``cases``, ``ids`` and ``ref``. A value that is not a literal is
+    kept as its source text, a ``pytest.param(..., id=...)`` as its id."""
+    path = ROOT / "tests" / f"{name}.py"
+    module = SimpleNamespace(__file__=str(path), __name__=f"tests.{name}")
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
+            marks = [_parametrize(d) for d in node.decorator_list
+                     if isinstance(d, ast.Call) and ast.unparse(d.func) == "pytest.mark.parametrize"]
+            setattr(module, node.name, SimpleNamespace(__name__=node.name, __module__=module.__name__,
+                                                       pytestmark=marks))
+    return module
+
+
+def _parametrize(call: ast.Call) -> SimpleNamespace:
+    """A ``pytest.mark.parametrize(names, values, ids=...)`` call as the mark ``cases`` and ``ids`` read."""
+    def value(node: ast.expr) -> object:
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "pytest.param":
+            given = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg == "id"}
+            return SimpleNamespace(id=given.get("id"))
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            return ast.unparse(node)
+
+    names, values = call.args[:2]
+    if not isinstance(values, (ast.List, ast.Tuple)):
+        raise ValueError(f"line {call.lineno}: parametrize values are not a list in the source; import the module")
+    kwargs = {k.arg: [value(v) for v in k.value.elts] for k in call.keywords
+              if k.arg == "ids" and isinstance(k.value, (ast.List, ast.Tuple))}
+    return SimpleNamespace(name="parametrize", args=(ast.literal_eval(names), [value(v) for v in values.elts]),
+                           kwargs=kwargs)
+
+
 def ref(module, fn: Callable) -> str:
     path = Path(module.__file__).relative_to(ROOT)
     return f"`{path}::{fn.__name__}`"
@@ -47,7 +86,6 @@ def rows() -> list[tuple[str, str, str]]:
     from tests import test_config as config
     from tests import test_experiment as experiment
     from tests import test_generate as gen
-    from tests import test_hf as hf
     from tests import test_security as sec
     from tests import test_state as state
     from tests.train import test_checkpoint as ckpt
@@ -57,6 +95,7 @@ def rows() -> list[tuple[str, str, str]]:
     from tests.train import test_progress as prog
     from tests.train import test_run as rundir
 
+    hf = unimported("test_hf")  # its import needs transformers (the hf extra): read, not imported
     with tempfile.TemporaryDirectory() as tmp:
         traced = {keep: crash.kill_points(Path(tmp) / f"keep{keep}", keep) for keep in crash.KEEP}
     writes = {keep: " + ".join(str(len(p)) for p in points) for keep, points in traced.items()}
