@@ -86,8 +86,12 @@ def rows() -> list[tuple[str, str, str]]:
     from tests import test_config as config
     from tests import test_experiment as experiment
     from tests import test_generate as gen
+    from tests import test_model_inputs as inputs
     from tests import test_security as sec
     from tests import test_state as state
+    from tests.analysis import test_inspect as insp
+    from tests.analysis import test_length as length
+    from tests.memory import test_layer as layer
     from tests.train import test_checkpoint as ckpt
     from tests.train import test_crash as crash
     from tests.train import test_loop as loop
@@ -135,15 +139,22 @@ def rows() -> list[tuple[str, str, str]]:
          + ", ".join(ref(bad if f.__module__ == bad.__name__ else crash, f) for f in fixed)),
         ("A rolling set of good checkpoints: ckpt/last and the train.keep_last - 1 before it as "
          "ckpt/step-N; resume falls back past a damaged last to the newest good one, and eval, inspect, "
-         "export and generate past a damaged best (or last), each naming in one line the damaged file and "
-         "the checkpoint used, without changing the run",
+         "export, generate and length past a damaged or missing best (or last), each naming in one line the "
+         "damaged file and the checkpoint used, without changing the run; inspect's page and length's "
+         "results name the checkpoint used",
          f"{ref(bad, bad.test_a_damaged_best_falls_back_to_last_and_says_so)}, "
+         f"{ref(insp, insp.test_a_missing_or_damaged_best_falls_back_and_the_page_names_the_checkpoint_shown)}, "
+         f"{ref(length, length.test_a_missing_or_damaged_best_falls_back_to_the_newest_good_checkpoint_and_says_which)}, "
          f"{ref(bad, bad.test_resume_with_a_damaged_last_falls_back_to_the_previous_step_checkpoint_and_finishes)}, "
          f"{ref(ckpt, ckpt.test_keep_last_keeps_that_many_training_checkpoints_the_newest)}, "
          f"{ref(ckpt, ckpt.test_keep_last_below_one_is_refused_by_name)}",
          f"{cases(bad.test_a_damaged_best_falls_back_to_last_and_says_so)} reads ("
-         + ", ".join(bad.READERS) + " x truncated, flipped byte in best's model.safetensors), every "
-         f"checkpoint file unchanged; {cases(bad.test_resume_with_a_damaged_last_falls_back_to_the_previous_step_checkpoint_and_finishes)} "
+         + ", ".join(bad.READERS) + " x " + ", ".join(ids(bad.test_a_damaged_best_falls_back_to_last_and_says_so, "how"))
+         + ": best's model.safetensors cut in half or one byte flipped, or best deleted), every checkpoint file "
+         "unchanged; inspect's page x "
+         + ", ".join(ids(insp.test_a_missing_or_damaged_best_falls_back_and_the_page_names_the_checkpoint_shown, "how"))
+         + " best; length on a missing and a damaged best and a run without checkpoint (skipped, saying so); "
+         f"{cases(bad.test_resume_with_a_damaged_last_falls_back_to_the_previous_step_checkpoint_and_finishes)} "
          "damaged lasts (truncated, flipped byte x model.safetensors, train.safetensors, train.json) resumed "
          "from step-000002 to the undamaged run's checkpoint; keep_last "
          + ", ".join(ids(ckpt.test_keep_last_keeps_that_many_training_checkpoints_the_newest, "keep"))
@@ -156,6 +167,19 @@ def rows() -> list[tuple[str, str, str]]:
          "every byte of a saved state flipped in turn; "
          f"{cases(state.test_a_state_file_with_a_wrong_position_is_refused_by_name)} positions ("
          + ", ".join(ids(state.test_a_state_file_with_a_wrong_position_is_refused_by_name, "position")) + ")"),
+        ("A MemoryState given to forward, forward_sequence (packed rows and the trainer's checked path "
+         "included), decode, a stack's SelectiveMemory or the one-line layer is checked first: a field that is "
+         "not a tensor, or of the wrong shape, dtype or device (position included), or slots of another "
+         "count or width, is one ValueError naming the field, from shapes and dtypes only (no device sync)",
+         f"{ref(inputs, inputs.test_a_state_field_of_the_wrong_shape_or_dtype_is_named)}, "
+         f"{ref(layer, layer.test_a_state_that_does_not_fit_is_named_by_the_layer_and_the_one_line_layer)}",
+         f"{cases(inputs.test_a_state_field_of_the_wrong_shape_or_dtype_is_named)} calls ("
+         + ", ".join(ids(inputs.test_a_state_field_of_the_wrong_shape_or_dtype_is_named, "field"))
+         + " x " + ", ".join(ids(inputs.test_a_state_field_of_the_wrong_shape_or_dtype_is_named, "entry"))
+         + f"), and {cases(layer.test_a_state_that_does_not_fit_is_named_by_the_layer_and_the_one_line_layer)} "
+         "states (" + ", ".join(ids(layer.test_a_state_that_does_not_fit_is_named_by_the_layer_and_the_one_line_layer,
+                                    "change"))
+         + ") for a stack's layer and the one-line layer, its open segment and a full one"),
         ("An empty config file is an error; leaving out --config gives the defaults",
          f"{ref(bad, bad.test_the_cases_of_the_issue)} (`empty`), {ref(bad, bad.test_no_config_is_the_defaults)}",
          "empty, comment-only and null files (tests/test_config.py::test_empty_yaml_is_an_error_not_the_defaults)"),
@@ -197,7 +221,8 @@ def rows() -> list[tuple[str, str, str]]:
          f"{ref(rundir, rundir.test_a_run_folder_held_by_a_lock_is_refused_by_name)}, "
          f"{ref(rundir, rundir.test_the_lock_goes_with_a_killed_process)}",
          "two processes released together through a file gate on one name: exactly one trains, the other "
-         "exits 2 naming the winner's pid, the survivor's metrics.jsonl has a clean run's line count; a "
+         "exits 2 naming the winner's pid, the survivor's metrics.jsonl equals a clean run's record for record "
+         "(timing aside); a "
          "SIGKILLed holder frees the folder"),
         ("`selmem export` refuses a folder that is not empty unless --force, and never writes into a run "
          "folder or its ckpt/, even with --force",
@@ -213,9 +238,12 @@ def rows() -> list[tuple[str, str, str]]:
          + ", ".join(ids(config.test_a_key_given_twice_is_named_with_its_lines, "text"))
          + "); a merge key (<<: *base) may still be overridden"),
         ("Options are checked at the boundary, naming the field or flag: NaN/inf in a float field, "
-         "model.topk above the segment, generate's --temperature, --top-k and --device; a numerical stop "
-         "before any checkpoint says there is none",
-         f"{ref(cli, cli.test_train_errors_exit_2_before_training)} (`nan-lr`, `topk>segment`), "
+         "model.topk above the segment, train.device, generate's --temperature, --top-k and --device; train's "
+         "before any run folder is made, so a refused run leaves nothing that blocks its name; a numerical "
+         "stop before any checkpoint says there is none",
+         f"{ref(cli, cli.test_train_errors_exit_2_before_training)} ("
+         + ", ".join(f"`{i}`" for i in ids(cli.test_train_errors_exit_2_before_training, "yaml_edit")
+                     if i in ("nan-lr", "nan-lr-flag", "topk>segment", "bad-device", "no-cuda")) + "), "
          f"{ref(gen, gen.test_generate_refuses_bad_options_by_flag)}, "
          f"{ref(nan, nan.test_a_fault_before_the_first_checkpoint_says_there_is_none)}",
          f"{cases(gen.test_generate_refuses_bad_options_by_flag)} generate options ("

@@ -361,24 +361,27 @@ READERS = {"eval": [], "inspect": ["--examples", "1", "--out", "OUT"], "export":
            "generate": ["--prompt", "1 2", "--max-new-tokens", "2", "--quiet"]}
 
 
-@pytest.mark.parametrize("how", ["truncated", "flipped"])
+@pytest.mark.parametrize("how", ["truncated", "flipped", "missing"])
 @pytest.mark.parametrize("command", list(READERS))
 def test_a_damaged_best_falls_back_to_last_and_says_so(finished_run, tmp_path, command, how):
-    """eval, inspect, export and generate read ckpt/best: damaged, they use ckpt/last and say so
-    in one line naming both, where they stopped before although last was good."""
+    """eval, inspect, export and generate read ckpt/best: damaged or missing, they use ckpt/last
+    and say so in one line naming both, where they stopped before although last was good."""
     import shutil
 
     run = tmp_path / "r"
     shutil.copytree(finished_run, run)
     target = run / "ckpt" / "best" / "model.safetensors"
-    damage(target, how)
+    if how == "missing":
+        shutil.rmtree(target.parent)
+    else:
+        damage(target, how)
     before = {p: p.read_bytes() for p in (run / "ckpt").rglob("*") if p.is_file()}
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in READERS[command]]
     code, err = run_cli([command, str(run), *argv])
     assert code == 0, err
-    note = [line for line in err.splitlines() if str(target) in line]
+    note = [line for line in err.splitlines() if str(target.parent) in line]
     assert len(note) == 1 and f"using {run / 'ckpt' / 'last'} (step 2) instead" in note[0], err
-    assert "damaged" in note[0]
+    assert ("no model.safetensors in checkpoint" if how == "missing" else "damaged") in note[0]
     assert {p: p.read_bytes() for p in (run / "ckpt").rglob("*") if p.is_file()} == before  # read only
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from selmem.cli import COMMANDS, main
@@ -173,6 +174,14 @@ def test_train_help_lists_nested_fields(capsys):
         ),
         pytest.param(
             {}, ["--train.device", "gpu0"], r"train\.device='gpu0' is not a device", id="bad-device"
+        ),
+        pytest.param(
+            {}, ["--train.device", "cuda"], r"train\.device='cuda' but CUDA is not available", id="no-cuda",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+        pytest.param(
+            {}, ["--train.lr", "nan"], r"exp\.yaml with the command-line flags: train\.lr must be a finite number",
+            id="nan-lr-flag",
         ),
         pytest.param(
             {"train": {"lr": float("nan")}}, [], r"exp\.yaml: train\.lr must be a finite number, got nan",
