@@ -110,7 +110,9 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
     import torch
 
     import selmem.memory.layer as layer_mod
-    import selmem.memory.stacked as stacked
+    from selmem.memory.address import Address
+    from selmem.memory.compress import Compress
+    from selmem.memory.select import Select
     from selmem.model import SelectiveMemoryTransformer
     from selmem.train.loop import resolve_device
 
@@ -133,15 +135,15 @@ def profile_step(exp_dict: dict[str, Any], batch_size: int, seq_len: int, repeat
             return out
         return timed
 
-    groups = {PARTS[0]: model.blocks, PARTS[1]: model.read, PARTS[2]: model.select, PARTS[3]: model.compress,
-              PARTS[4]: model.address, PARTS[6]: [model.cache_transform],
+    groups = {PARTS[0]: model.blocks, PARTS[1]: model.read, PARTS[6]: [model.cache_transform],
               PARTS[7]: [model.probe] if model.probe is not None else []}
     for part, mods in groups.items():
         for m in mods:
             m.forward = clock(part, m.forward)
-    # batched writes call the layers' parts through stand-ins (memory/stacked.py); this worker only
-    for part, cls in ((PARTS[2], stacked._Select), (PARTS[3], stacked._Compress), (PARTS[4], stacked._Address)):
-        cls.__call__ = clock(part, cls.__call__)
+    # select, compress and address by their classes' forward, which the per-layer modules and the
+    # batched write's stand-ins (memory/stacked.py) both run; this worker only
+    for part, cls in ((PARTS[2], Select), (PARTS[3], Compress), (PARTS[4], Address)):
+        cls.forward = clock(part, cls.forward)
     layer_mod.update = clock("update", layer_mod.update)
     N, seg = seq_len or exp.task.seq_len, exp.segment_len()
     host = training_batch(exp, batch_size, N)

@@ -151,6 +151,13 @@ class Address(nn.Module):
                 nn.init.constant_(self.mix.bias, math.log(cfg.slots))
             self.sharpness = nn.Parameter(torch.zeros(()))  # learned log inverse temperature
 
+    @property
+    def row_axes(self) -> dict[str, int]:
+        """What the batched write (memory/stacked.py) gives one value per row (B,) + shape, then
+        as many singleton axes as named here: the sharpness scales the logits (B, C, M), and the
+        random address hashes the layer index with the positions (B, C)."""
+        return {"sharpness": 2, **({"layer_idx": 1} if self.fn is random else {})}
+
     def forward(self, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
                 pos: Tensor) -> Tensor:
         """pos (B, C) long: absolute input position of each candidate."""

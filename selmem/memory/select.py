@@ -16,6 +16,8 @@ how the score becomes a gate:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -69,6 +71,10 @@ SELECT = {"soft": soft, "hard": hard, "topk": topk, "threshold": threshold, "all
 
 class Select(nn.Module):
     """Head B: y (B, T, d) -> gate g (B, T) in [0, 1] and score s (B, T)."""
+
+    # the batched write (memory/stacked.py) gives each parameter one value per row, (B,) + shape,
+    # then as many singleton axes as named here: threshold is compared with the scores (B, T)
+    row_axes: ClassVar[dict[str, int]] = {"threshold": 1}
 
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()

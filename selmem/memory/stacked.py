@@ -16,10 +16,11 @@ segment come from the state the previous segment left), so it chains segments, n
 stays one call per segment outside this batch. The writes of all L layers are therefore
 independent once the stack has run, and run here as one call: every per-row operation of the
 write works unchanged on the layers folded into the batch axis, rows layer-major (L*B, ...),
-and only the parameterised ones need the layers' weights side by side. Those get stand-ins
-(``_Linear``, ``_Norm``, ...) that gather the per-layer weights at call time into (L, ...)
-tensors and apply them with one batched matmul, so the model keeps its per-layer modules (and
-its checkpoints) and ``write`` stays the single statement of the math.
+and only the parameterised ones need the layers' weights side by side. Each part gets a
+stand-in built from its L modules (``_Part``: their options, their parameters stacked per row,
+their Linear and RMSNorm submodules as ``_Linear`` and ``_Norm``, which apply the per-layer
+weights with one batched matmul), so the model keeps its per-layer modules (and its
+checkpoints) and ``write`` and the parts' own functions stay the single statement of the math.
 
 ``write_layers(..., batched=False)`` is the diagnostic path, one ``write`` per layer; a float64
 test holds the two equal (tests/memory/test_stacked.py). One difference may remain: select='hard'
@@ -37,10 +38,7 @@ from torch import Tensor, nn
 
 from selmem.config import SelmemConfig
 from selmem.layers import RMSNorm
-from selmem.memory.address import Address, random
-from selmem.memory.compress import Compress
 from selmem.memory.layer import Parts, Write, write
-from selmem.memory.select import Select
 
 
 def _per_row(p: Tensor, B: int, *trailing: int) -> Tensor:
@@ -87,59 +85,54 @@ def _sequential(layers: list[nn.Sequential]) -> Any:
     return run
 
 
-class _Select:
-    """The L Select heads as one: the attributes the gate functions read, and Select.forward."""
+class _Part:
+    """The L modules of one part of the write (Select, Compress, Address) as one, built from the
+    modules themselves: their options (the plain attributes: the gate or address function, k,
+    training, ...) are the first one's, as one config made them all; each parameter is stacked
+    into one value per row (L*B, ...), followed by the singleton axes that the module's
+    ``row_axes`` asks for where its functions broadcast it, as is each plain attribute that
+    ``row_axes`` names (the random address's layer index); each submodule (Linear, RMSNorm, the
+    score MLP) is its stacked stand-in. Calling it runs the part's own ``forward`` on layer-major
+    rows, so the part's math stays written once, in its own file."""
 
-    __call__ = Select.forward
-
-    def __init__(self, layers: list[Select], B: int) -> None:
+    def __init__(self, layers: list[nn.Module], B: int, device: torch.device) -> None:
         first = layers[0]
-        self.gate, self.k, self.gumbel_tau, self.training = first.gate, first.k, first.gumbel_tau, first.training
-        self.score = None if first.score is None else _sequential([m.score for m in layers])
-        self.threshold = (None if first.threshold is None
-                          else _per_row(torch.stack([m.threshold for m in layers]), B, 1))  # (L*B, 1)
+        rows: dict[str, int] = getattr(first, "row_axes", {})
+        for name, value in vars(first).items():
+            if not name.startswith("_"):
+                setattr(self, name, value)
+        tensors = [name for name, _ in (*first.named_parameters(recurse=False), *first.named_buffers(recurse=False))]
+        for name in tensors:
+            setattr(self, name, _per_row(torch.stack([getattr(m, name) for m in layers]), B, *[1] * rows.get(name, 0)))
+        for name in [n for n in rows if n not in tensors and getattr(first, n, None) is not None]:
+            # plain values that differ by layer (absent or None: the option does not use them)
+            values = torch.tensor([getattr(m, name) for m in layers], device=device)  # (L,)
+            setattr(self, name, _per_row(values, B, *[1] * rows[name]))
+        for name, child in first.named_children():
+            setattr(self, name, _stand_in([getattr(m, name) for m in layers]))
+        self._forward = type(first).forward  # looked up here, so a profiler's wrapper of it is seen
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(self, *args, **kwargs)
 
 
-class _Compress:
-    """The L compressors as one (compress.py's functions read fn, r, norm, proj, queries)."""
-
-    __call__ = Compress.forward
-
-    def __init__(self, layers: list[Compress], B: int) -> None:
-        first = layers[0]
-        self.fn, self.r, self.norm = first.fn, first.r, _Norm([m.norm for m in layers])
-        if hasattr(first, "proj"):
-            self.proj = _Linear([m.proj for m in layers])
-        if hasattr(first, "queries"):
-            self.queries = _per_row(torch.stack([m.queries for m in layers]), B)  # (L*B, K, d)
-
-
-class _Address:
-    """The L addressing modules as one (address.py's functions read these attributes)."""
-
-    __call__ = Address.forward
-
-    def __init__(self, layers: list[Address], B: int, device: torch.device) -> None:
-        first = layers[0]
-        self.fn, self.temperature, self.weights, self.age_weight = (first.fn, first.temperature, first.weights,
-                                                                    first.age_weight)
-        self.allocate = first.allocate
-        if first.fn is random:  # hashes the layer index with the position: (L*B, 1), made on the device
-            first_idx = first.layer_idx
-            if [m.layer_idx for m in layers] != list(range(first_idx, first_idx + len(layers))):
-                raise ValueError("stacked addressing needs consecutive layers")
-            self.layer_idx = _per_row(torch.arange(len(layers), device=device) + first_idx, B, 1)
-        if hasattr(first, "q"):
-            self.q, self.k, self.mix = (_Linear([getattr(m, n) for m in layers]) for n in ("q", "k", "mix"))
-            self.sharpness = _per_row(torch.stack([m.sharpness for m in layers]), B, 1, 1)  # (L*B, 1, 1)
+def _stand_in(layers: list[nn.Module]) -> Any:
+    """The stacked form of one parameterised submodule of every layer."""
+    if isinstance(layers[0], nn.Linear):
+        return _Linear(layers)
+    if isinstance(layers[0], RMSNorm):
+        return _Norm(layers)
+    if isinstance(layers[0], nn.Sequential):
+        return _sequential(layers)
+    raise TypeError(f"the batched write has no stand-in for {type(layers[0]).__name__}; add one to "
+                    "memory/stacked.py or run with writes='per_layer'")
 
 
 def stack_parts(parts: list[Parts], batch_size: int, device: torch.device) -> Parts:
     """The parts of every layer as one Parts whose members take layer-major rows (L*B, ...)
     (``write`` never calls the read part: it ran inside the blocks)."""
-    return Parts(None, _Select([p.select for p in parts], batch_size),
-                 _Compress([p.compress for p in parts], batch_size),
-                 _Address([p.address for p in parts], batch_size, device), _Linear([p.decoder for p in parts]))
+    return Parts(None, *(_Part([getattr(p, name) for p in parts], batch_size, device)
+                         for name in ("select", "compress", "address")), _Linear([p.decoder for p in parts]))
 
 
 def _unstack(x: Any, L: int) -> list[Any]:

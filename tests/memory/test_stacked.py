@@ -77,3 +77,23 @@ def test_batched_writes_decode_as_forward():
         logits, cache = batched.decode(chunk, cache, segment_len=5)
         parts.append(logits)
     assert_close("decoded logits", want, torch.cat(parts, 1), atol=1e-12)
+
+
+@pytest.mark.parametrize("overrides", [dict(select="threshold", compress="attnpool"),
+                                       dict(address="random", n_layers=3)], ids=["threshold-attnpool", "random-L3"])
+def test_the_stand_ins_are_built_from_the_part_modules(overrides):
+    """Each part's stand-in holds its modules' options, and every parameter (and the layer index
+    the random address hashes) once per row, (L*B, ...): nothing is listed by hand in stacked.py."""
+    model = SelectiveMemoryTransformer(tiny_cfg(writes="batched", **overrides))
+    L, B = model.cfg.n_layers, 2
+    parts = model.write_parts(B, "cpu")
+    for name in ("select", "compress", "address"):
+        stand_in, first = getattr(parts, name), getattr(model, name)[0]
+        for key, value in vars(first).items():
+            if not key.startswith("_") and key not in getattr(first, "row_axes", {}):
+                assert getattr(stand_in, key) is value, f"{name}.{key}"
+        for key, p in first.named_parameters(recurse=False):
+            rows = torch.stack([getattr(m, key) for m in getattr(model, name)]).repeat_interleave(B, 0)
+            assert torch.equal(getattr(stand_in, key).reshape(rows.shape), rows), f"{name}.{key}"
+    if overrides.get("address") == "random":
+        assert parts.address.layer_idx.flatten().tolist() == [l for l in range(L) for _ in range(B)]
