@@ -38,13 +38,14 @@ def writing(path: str | Path) -> Iterator[None]:
         raise
     except (OSError, SafetensorError) as e:
         errno = getattr(e, "errno", None)
-        why = (f"{e.strerror}, errno {errno}" if isinstance(e, OSError) and e.strerror else _one_line(e))
+        why = (f"{e.strerror}, errno {errno}" if isinstance(e, OSError) and e.strerror else one_line(e))
         err = WriteError(f"{path}: cannot write it ({why})")
         err.errno = errno
         raise err from None
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line, cut at 200 characters (its type's name if it has none)."""
     text = " ".join(str(e).split())
     return (text[:200] + "...") if len(text) > 200 else text or type(e).__name__
 
@@ -55,7 +56,7 @@ def read_json(path: str | Path) -> Any:
     try:
         text = path.read_text()
     except UnicodeDecodeError as e:
-        raise BadFile(f"{path}: not a text file ({_one_line(e)})") from None
+        raise BadFile(f"{path}: not a text file ({one_line(e)})") from None
     if not text.strip():
         raise BadFile(f"{path}: empty file (was it cut short by a crash?)")
     try:
@@ -77,7 +78,7 @@ def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except Exception as e:  # SafetensorError, or an OSError from a short read: both mean a bad file
-        raise BadFile(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
+        raise BadFile(f"{path}: not a readable safetensors file ({one_line(e)})") from None
 
 
 def sha256(path: str | Path, start: int = 0) -> str:

@@ -171,7 +171,7 @@ class SelmemPreTrainedModel(PreTrainedModel):
         ("incomplete metadata, file not fully covered"; issue 28)."""
         from safetensors import SafetensorError
 
-        from selmem.files import BadFile, _one_line
+        from selmem.files import BadFile, one_line
 
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -179,7 +179,7 @@ class SelmemPreTrainedModel(PreTrainedModel):
             folder = Path(pretrained_model_name_or_path)
             files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
             where = files[0] if len(files) == 1 else f"a weights file of {folder}"
-            raise BadFile(f"{where}: not a readable safetensors file ({_one_line(e)}; was it cut short?)") from None
+            raise BadFile(f"{where}: not a readable safetensors file ({one_line(e)}; was it cut short?)") from None
 
     @torch.no_grad()
     def _initialize_missing_keys(self, is_quantized: bool) -> None:

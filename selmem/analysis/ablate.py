@@ -132,9 +132,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def plot(out_dir: Path, rows: list[dict[str, Any]], task: str) -> Path:
     """``ablation.png``: each variant's test metric with its spread over seeds."""
-    from selmem.analysis.plots import _pyplot
+    from selmem.analysis.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     key = metric_keys(rows)[0]
     std_key = "bits_std" if key == "bits_per_token" else f"{key}_std"
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2))

@@ -270,11 +270,10 @@ def plot(stream_rows: list[dict[str, Any]], path: Path) -> Path | None:
     matplotlib, an optional extra, or nothing streamed)."""
     if not stream_rows:
         return None
-    try:
-        import matplotlib
+    from selmem.analysis.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        plt = pyplot()
     except ImportError:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from selmem.analysis.plots import _pyplot
+from selmem.analysis.plots import pyplot
 from selmem.metrics import memory_metrics, segments
 from selmem.tasks.base import Batch
 from selmem.train.run import read_metrics
@@ -72,7 +72,7 @@ def inspect_run(path: str | Path, ckpt: str | None = None, examples: int = 4,
     exp, model, task, used = load_run_checkpoint(run, ckpt)
     out = Path(out) if out else run / "inspect"
     out.mkdir(parents=True, exist_ok=True)
-    plt = _pyplot()
+    plt = pyplot()
     has_curves = plot_metrics(plt, read_metrics(run), out / "metrics.png", task.chance)
     batch = task.batch("test", 0, examples)
     with torch.no_grad():

@@ -153,9 +153,9 @@ def markdown_table(points: list[dict[str, Any]]) -> str:
 
 
 def plot(out_dir: Path, points: list[dict[str, Any]], task: str) -> Path:
-    from selmem.analysis.plots import _pyplot
+    from selmem.analysis.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for model, by_n in summarise(points).items():
         ns = sorted(by_n)

@@ -10,7 +10,8 @@ from selmem.tasks.base import headline_metric
 from selmem.train.run import read_metrics
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no window); ImportError without the plot extra."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def _pyplot():
 def plot_compare(out_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
     """``curves.png``: test metric vs step per model and state size (seeds averaged at shared
     steps); ``state.png``: final test metric vs carried state floats, a line per model."""
-    plt = _pyplot()
+    plt = pyplot()
     key = headline_metric(results[0])
     lm = key == "bits_per_token"
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
