@@ -9,25 +9,26 @@ the segment's end from the features of all its tokens, reading the memory as it 
 decoder keeps, per layer, what the segment's later tokens and its write will need, in buffers
 allocated once per stream (when its first segment opens) and written in place, never grown:
 
-    keys          (B*H, D, S+T)  the prefix's (the memory read, set when a segment opens), then
-                                 the segment's tokens' at column S+n: a query's logits are one bmm
-    values        (B*H, S+T, D)  likewise
-    conv inputs   (B, k-1+T, d)  the short conv's normed inputs after k-1 zeros (its padding)
-    features      (B, T, d)      the block outputs, head B's input at the write
-    prefix probs  (B*H, T, S)    each token's attention on the prefix: the usage the write adds
+    keys, values  (2, B, H, S+T, D)  the prefix's (the memory read, set when a segment opens),
+                                     then the segment's tokens' at S+n
+    conv inputs   (B, k-1+T, d)      the short conv's normed inputs after k-1 zeros (its padding)
+    features      (B, T, d)          the block outputs, head B's input at the write
+    attention     (B*H, T, S+T)      each token's attention; on the prefix, the usage the write adds
 
 and writes the memory once per segment, when it fills, with the same ``model.write`` as
 ``forward``. Everything is bounded by T, so generating any number of tokens takes constant
 memory. ``decode`` on any chunking of a sequence gives ``forward_sequence``'s logits, and greedy
 decoding the tokens that are their argmax (tests/test_decode.py).
 
-``_block`` is Block.forward for the next t tokens (attention written out, as
-layers.Attention._explicit), on the block's own weights. At the widths the CPU presets use a
-token costs its operators' dispatch, not their arithmetic, so the step dispatches few: the rotary
-turn of q and k is one complex multiply, the short conv one dot product over a window view, the
-residual of the attention output one addmm, and every view of a buffer that a single token needs
-is made once, with the buffers. ``step``, the generation loop's call, checks nothing; ``decode``
-checks its tokens once per call. Decoding computes no gradients.
+A block's step is Block.forward for the next tokens (attention written out, as
+layers.Attention._explicit), on the block's own weights, in two forms with the same arithmetic:
+``_chunk_block`` for t tokens of a prompt, and ``_token_block`` for one token, the generation
+loop's, which at the widths the CPU presets use costs its operators' dispatch rather than their
+arithmetic and so dispatches few: the rotary turn of q and k is one complex multiply over the
+whole qkv row, the short conv one dot product over a window view, linear layers one addmm each
+with the residual or bias folded in, results go into per-layer scratch with their views made
+once, with the buffers (issue 29). ``step``, the generation loop's call, checks nothing;
+``decode`` checks its tokens once per call. Decoding computes no gradients.
 """
 
 from __future__ import annotations
@@ -46,18 +47,19 @@ from selmem.state import MemoryState
 
 
 class _Weights(NamedTuple):
-    """A block's parameters as its step reads them: the tensors themselves, so always current."""
+    """A block's parameters as its step reads them: the tensors themselves or views of them, so
+    always current; matrices transposed (in, out), as addmm takes them."""
 
     norm0: Tensor | None  # (d,) gain before the short conv, or None without one
-    conv: Tensor | None   # (d, k) depthwise taps, oldest input first
+    conv: Tensor | None   # (k, d) depthwise taps, oldest input first
     conv_bias: Tensor | None
     norm1: Tensor
-    qkv: Tensor           # (3d, d)
+    qkv: Tensor           # (d, 3d)
     out: Tensor           # (d, d)
     norm2: Tensor
-    up: Tensor
+    up: Tensor            # (d, mlp_ratio d)
     up_bias: Tensor
-    down: Tensor
+    down: Tensor          # (mlp_ratio d, d)
     down_bias: Tensor
     eps: float
     prefix_rope: bool     # the prefix's logits use the rotated query (read_query='rotary')
@@ -66,56 +68,64 @@ class _Weights(NamedTuple):
 def _weights(block) -> _Weights:
     conv, attn, mlp = block.conv, block.attn, block.mlp
     return _Weights(block.norm0.weight if conv is not None else None,
-                    conv.conv.weight[:, 0] if conv is not None else None,
-                    conv.conv.bias if conv is not None else None, block.norm1.weight, attn.qkv.weight,
-                    attn.out.weight, block.norm2.weight, mlp.up.weight, mlp.up.bias, mlp.down.weight,
-                    mlp.down.bias, block.norm1.eps, attn.prefix_rope)
+                    conv.conv.weight[:, 0].t() if conv is not None else None,
+                    conv.conv.bias if conv is not None else None, block.norm1.weight, attn.qkv.weight.t(),
+                    attn.out.weight.t(), block.norm2.weight, mlp.up.weight.t(), mlp.up.bias,
+                    mlp.down.weight.t(), mlp.down.bias, block.norm1.eps, attn.prefix_rope)
 
 
-class _Views(NamedTuple):
-    """What tokens at segment positions n..n+t-1 read and write of one layer's buffers."""
+class _One(NamedTuple):
+    """What the token at segment position n reads and writes of one layer's buffers: views made
+    once, with the buffers (a view costs about what a small operator does)."""
 
-    conv_in: Tensor | None  # (B, t, d) where their normed conv inputs go
-    window: Tensor | None   # (B, t, d, k) the conv inputs each mixes, oldest first
-    keys: Tensor            # (B*H, D, S+n+t) the keys they attend to
-    values: Tensor          # (B*H, S+n+t, D)
-    new_keys: Tensor        # (B*H, D, t) where their own go
-    new_values: Tensor      # (B*H, t, D)
-    bias: Tensor | None     # (B*H, 1, S+n+t) the read bias, or None
-    probs: Tensor | None    # (B*H, t, S) where their prefix attention goes, or None
-    features: Tensor        # (B, t, d) where their block outputs go
-    turn: Tensor            # (t, 2, 1, D/2) complex: rotary turn of q (with the logits' scale) and k
-    blocked: Tensor | None  # (t, S+n+t) bool, True where a token may not attend; None for t = 1
+    conv_in: Tensor | None  # (B, d) where its normed conv input goes
+    window: Tensor | None   # (B, k, d) the conv inputs it mixes, oldest first
+    new_kv: Tensor          # (2, B, H, D) where its key and value go
+    keys: Tensor            # (B*H, D, S+n+1) the keys it attends to
+    values: Tensor          # (B*H, S+n+1, D)
+    bias: Tensor | None     # (B*H, 1, S+n+1) the read bias, or None
+    attn: Tensor            # (B*H, 1, S+n+1) where its attention goes
+    feature: Tensor         # (B, d) where its block output goes
+    turn: Tensor            # (3d/2,) complex: position n's rotary turn of the qkv row
+
+
+class _Scratch(NamedTuple):
+    """Where a token's intermediate results go, with the views that read them."""
+
+    qkv: Tensor             # (B, 3d) its projections
+    pairs: Tensor           # (B, 3d/2) complex view of qkv: channel pairs
+    turned: Tensor          # (B, 3d/2) complex: the pairs with q and k turned
+    q: Tensor | None        # (B*H, 1, D) view of turned's q (None for B > 1: no such view)
+    heads: Tensor           # (B, 3, H, D) real view of turned
+    y: Tensor               # (B*H, 1, D) its attention output
+    y_row: Tensor           # (B, d) view of y: heads side by side, as forward's reshape
+
+
+def _scratch(B: int, H: int, D: int, like: dict, complex_dtype: torch.dtype) -> _Scratch:
+    qkv = torch.zeros(B, 3 * H * D, **like)
+    turned = torch.zeros(B, 3 * H * D // 2, dtype=complex_dtype, device=like["device"])
+    heads = torch.view_as_real(turned).view(B, 3, H, D)
+    y = torch.zeros(B * H, 1, D, **like)
+    return _Scratch(qkv, torch.view_as_complex(qkv.view(B, -1, 2)), turned,
+                    heads[:, 0].view(B * H, 1, D) if B == 1 else None, heads, y, y.view(B, H * D))
 
 
 @dataclass
 class LayerCache:
-    """One layer's buffers for the open segment (see the module docstring), allocated once per
-    stream and overwritten segment after segment."""
+    """One layer's buffers for the open segment (see the module docstring) and a token's scratch,
+    allocated once per stream and overwritten segment after segment."""
 
-    keys: Tensor          # (B*H, D, S+T)
-    values: Tensor        # (B*H, S+T, D)
-    conv: Tensor | None   # (B, k-1+T, d), the first k-1 rows zero
-    features: Tensor      # (B, T, d)
-    probs: Tensor | None  # (B*H, T, S), None without a prefix
-    bias: Tensor | None   # (B*H, 1, S+T): the read bias on the prefix, 0 after; None without one
-    prefix: int           # S
-    one: list[_Views] = field(default_factory=list)  # a single token's views, per segment position
+    kv: Tensor              # (2, B, H, S+T, D)
+    conv: Tensor | None     # (B, k-1+T, d), the first k-1 rows zero
+    features: Tensor        # (B, T, d)
+    attn: Tensor            # (B*H, T, S+T)
+    bias: Tensor | None     # (B*H, 1, S+T): the read bias on the prefix, 0 after; None without one
+    prefix: int             # S
+    scratch: _Scratch
+    one: list[_One] = field(default_factory=list)  # per segment position
 
     def tensors(self) -> list[Tensor]:
-        return [x for x in (self.keys, self.values, self.conv, self.features, self.probs, self.bias) if x is not None]
-
-    def views(self, n: int, t: int, turn: Tensor, blocked: Tensor) -> _Views:
-        """The views for tokens n..n+t-1 (a prompt's chunk; a single token's are in ``one``)."""
-        S, k = self.prefix, 0 if self.conv is None else self.conv.shape[1] - self.features.shape[1] + 1
-        return _Views(conv_in=self.conv[:, k - 1 + n : k - 1 + n + t] if k else None,
-                      window=self.conv[:, n : n + k - 1 + t].unfold(1, k, 1) if k else None,
-                      keys=self.keys[..., : S + n + t], values=self.values[:, : S + n + t],
-                      new_keys=self.keys[..., S + n : S + n + t], new_values=self.values[:, S + n : S + n + t],
-                      bias=None if self.bias is None else self.bias[..., : S + n + t],
-                      probs=None if self.probs is None else self.probs[:, n : n + t],
-                      features=self.features[:, n : n + t], turn=turn[n : n + t],
-                      blocked=blocked[n : n + t, : S + n + t] if t > 1 else None)
+        return [x for x in (self.kv, self.conv, self.features, self.attn, self.bias) if x is not None]
 
 
 @dataclass
@@ -129,7 +139,7 @@ class DecodeCache:
     seen: int = 0  # tokens decoded in all
     layers: list[LayerCache] = field(default_factory=list)  # allocated when the first segment opens
     weights: list[_Weights] = field(default_factory=list)
-    turn: Tensor | None = None  # (T, 2, 1, D/2) complex rotary turns of segment positions 0..T-1
+    turn: Tensor | None = None  # (T, 3d/2) complex rotary turns of a qkv row at positions 0..T-1
     blocked: Tensor | None = None  # (T, S+T) bool: True where segment token i may not attend
 
     @property
@@ -189,51 +199,79 @@ def flush(model, cache: DecodeCache) -> MemoryState:
 
 
 def _chunk(model, tokens: Tensor, cache: DecodeCache) -> Tensor:
-    """t tokens that fit in the open segment -> logits (B, t, V)."""
+    """t tokens that fit in the open segment -> logits (B, t, V). The embedding runs as the
+    model's module (its hooks see the tokens), the blocks, final norm and head on their weights."""
     if cache.length == 0:
         _open(model, cache)
-    n, t = cache.length, tokens.shape[1]
-    h = model.embed(tokens)  # (B, t, d); the model's modules, so their hooks see the tokens
-    for lc, w in zip(cache.layers, cache.weights):
-        h = _block(h, lc.one[n] if t == 1 else lc.views(n, t, cache.turn, cache.blocked), w)
+    n, (B, t) = cache.length, tokens.shape
+    h = model.embed(tokens)  # (B, t, d)
+    if t == 1 and all(w.prefix_rope for w in cache.weights):
+        h = h.view(B, -1)
+        for lc, w in zip(cache.layers, cache.weights):
+            h = _token_block(h, lc, lc.one[n], w)
+        h = h.view(B, 1, -1)
+    else:
+        for lc, w in zip(cache.layers, cache.weights):
+            h = _chunk_block(h, lc, w, n, cache)
     cache.length += t
     cache.seen += t
-    return model.head(model.norm(h))
+    return F.linear(_rms(h, model.norm.weight, model.norm.eps), model.head.weight)
 
 
-def _block(x: Tensor, v: _Views, w: _Weights) -> Tensor:
-    """Block.forward for tokens x (B, t, d) whose buffers' views are ``v`` -> (B, t, d); writes
-    their conv inputs, keys, values, prefix attention and block outputs into the buffers."""
-    B, t, d = x.shape
-    BH, D = v.keys.shape[:2]
-    H = BH // B
+def _token_block(x: Tensor, lc: LayerCache, v: _One, w: _Weights) -> Tensor:
+    """Block.forward for one token x (B, d) at the position whose views are ``v`` -> (B, d);
+    writes its conv input, key, value, attention and block output into the buffers."""
     if w.norm0 is not None:  # layers.ShortConv: bias + sum_i w_i x_{n-k+1+i} over the k inputs up to n
         v.conv_in.copy_(_rms(x, w.norm0, w.eps))
-        x = x + w.conv_bias + torch.linalg.vecdot(v.window, w.conv)  # (B, t, d)
-    qkv = F.linear(_rms(x, w.norm1, w.eps), w.qkv)  # (B, t, 3d)
-    # layers.rotary turns each channel pair (x1, x2) by the position's angle: the complex product
-    # (x1 + i x2) e^{i theta}; q's turn carries the logits' 1/sqrt(D)
-    qk = torch.view_as_real(torch.view_as_complex(qkv[..., : 2 * d].unflatten(-1, (2, H, D // 2, 2))) * v.turn)
-    q = qk[:, :, 0].flatten(-2).transpose(1, 2).reshape(BH, t, D)  # (B*H, t, D)
-    v.new_keys.copy_(qk[:, :, 1].flatten(-2).permute(0, 2, 3, 1).reshape(BH, D, t))
-    v.new_values.copy_(qkv[..., 2 * d :].unflatten(-1, (H, D)).transpose(1, 2).reshape(BH, t, D))
-    S = 0 if v.probs is None else v.probs.shape[2]  # prefix entries
-    if w.prefix_rope or v.probs is None:
-        scores = torch.bmm(q, v.keys)  # (B*H, t, S+n+t)
-    else:  # read_query='plain': the prefix's logits use the query without rotary (Attention's q0)
-        q0 = (qkv[..., :d] / math.sqrt(D)).unflatten(-1, (H, D)).transpose(1, 2).reshape(BH, t, D)
-        scores = torch.cat([torch.bmm(q0, v.keys[..., :S]), torch.bmm(q, v.keys[..., S:])], dim=-1)
+        x = x + (torch.linalg.vecdot(v.window, w.conv, dim=1) + w.conv_bias)
+    s = lc.scratch
+    torch.mm(_rms(x, w.norm1, w.eps), w.qkv, out=s.qkv)  # (B, 3d)
+    # layers.rotary turns each channel pair (x1, x2) of q and k by the position's angle: the complex
+    # product (x1 + i x2) e^{i theta}; q's turn carries the logits' 1/sqrt(D), v's is 1
+    torch.mul(s.pairs, v.turn, out=s.turned)
+    v.new_kv.copy_(s.heads[:, 1:].transpose(0, 1))  # (2, B, H, D)
+    q = s.q if s.q is not None else s.heads[:, 0].reshape(s.y.shape)
+    scores = torch.bmm(q, v.keys)  # (B*H, 1, S+n+1)
     if v.bias is not None:
-        scores = scores + v.bias
-    if v.blocked is not None:
-        scores = scores.masked_fill(v.blocked, float("-inf"))
-    probs = scores.softmax(-1)
-    if v.probs is not None:
-        v.probs.copy_(probs[..., :S])
-    y = torch.bmm(probs, v.values).view(B, H, t, D).transpose(1, 2).reshape(B * t, d)  # heads side by side
-    x = torch.addmm(x.reshape(B * t, d), y, w.out.t()).view(B, t, d)
-    h = F.gelu(F.linear(_rms(x, w.norm2, w.eps), w.up, w.up_bias))
-    return torch.add(x, F.linear(h, w.down, w.down_bias), out=v.features)
+        scores += v.bias
+    torch.softmax(scores, -1, out=v.attn)
+    torch.bmm(v.attn, v.values, out=s.y)
+    x = torch.addmm(x, s.y_row, w.out)
+    h = F.gelu(torch.addmm(w.up_bias, _rms(x, w.norm2, w.eps), w.up))
+    return torch.add(x, torch.addmm(w.down_bias, h, w.down), out=v.feature)
+
+
+def _chunk_block(x: Tensor, lc: LayerCache, w: _Weights, n: int, cache: DecodeCache) -> Tensor:
+    """Block.forward for tokens x (B, t, d) at segment positions n..n+t-1 (a prompt's chunk) ->
+    (B, t, d): ``_token_block``'s arithmetic on slices of the buffers, with a causal mask."""
+    B, t, d = x.shape
+    H, D, S = lc.kv.shape[2], lc.kv.shape[4], lc.prefix
+    if w.norm0 is not None:
+        k = w.conv.shape[0]
+        lc.conv[:, k - 1 + n : k - 1 + n + t] = _rms(x, w.norm0, w.eps)
+        window = lc.conv[:, n : n + k - 1 + t].unfold(1, k, 1)  # (B, t, d, k)
+        x = x + (torch.linalg.vecdot(window, w.conv.t()) + w.conv_bias)
+    qkv = torch.view_as_complex((_rms(x, w.norm1, w.eps) @ w.qkv).unflatten(-1, (-1, 2)))  # (B, t, 3d/2)
+    turned = torch.view_as_real(qkv * cache.turn[n : n + t]).view(B, t, 3, H, D).transpose(1, 3)  # (B, H, 3, t, D)
+    lc.kv[:, :, :, S + n : S + n + t] = turned[:, :, 1:].transpose(0, 2).transpose(1, 2)  # (2, B, H, t, D)
+    q = turned[:, :, 0].reshape(B * H, t, D)
+    keys = lc.kv[0, :, :, : S + n + t].flatten(0, 1).transpose(1, 2)  # (B*H, D, S+n+t)
+    if w.prefix_rope or S == 0:
+        scores = torch.bmm(q, keys)  # (B*H, t, S+n+t)
+    else:  # read_query='plain': the prefix's logits use the query without rotary (Attention's q0)
+        q0 = torch.view_as_real(qkv).view(B, t, 3, H, D)[:, :, 0].transpose(1, 2).reshape(B * H, t, D) / math.sqrt(D)
+        scores = torch.cat([torch.bmm(q0, keys[..., :S]), torch.bmm(q, keys[..., S:])], dim=-1)
+    if lc.bias is not None:
+        scores = scores + lc.bias[..., : S + n + t]
+    scores = scores.masked_fill(cache.blocked[n : n + t, : S + n + t], float("-inf"))
+    attn = lc.attn[:, n : n + t, : S + n + t]
+    torch.softmax(scores, -1, out=attn)
+    y = torch.bmm(attn, lc.kv[1, :, :, : S + n + t].flatten(0, 1))  # (B*H, t, D)
+    x = x + (y.view(B, H, t, D).transpose(1, 2).reshape(B, t, d) @ w.out)
+    h = F.gelu(torch.addmm(w.up_bias, _rms(x, w.norm2, w.eps).flatten(0, 1), w.up))
+    out = lc.features[:, n : n + t]
+    torch.add(x, torch.addmm(w.down_bias, h, w.down).view(B, t, d), out=out)
+    return out
 
 
 def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -253,30 +291,36 @@ def _open(model, cache: DecodeCache) -> None:
             _allocate(model, cache, block, 0 if pkv is None else pkv[0].shape[2], bias is not None)
         lc = cache.layers[l]
         if pkv is not None:
-            S = lc.prefix
-            lc.keys[..., :S] = pkv[0].flatten(0, 1).transpose(1, 2)
-            lc.values[:, :S] = pkv[1].flatten(0, 1)
+            lc.kv[0, :, :, : lc.prefix] = pkv[0]
+            lc.kv[1, :, :, : lc.prefix] = pkv[1]
         if bias is not None:
-            lc.bias[:, 0, : bias.shape[1]] = bias.repeat_interleave(lc.keys.shape[0] // bias.shape[0], 0)
+            lc.bias[:, 0, : bias.shape[1]] = bias.repeat_interleave(lc.kv.shape[2], 0)
 
 
 def _allocate(model, cache: DecodeCache, block, S: int, biased: bool) -> None:
-    """Layer ``block``'s buffers and a single token's views, for a prefix of S entries."""
+    """Layer ``block``'s buffers, scratch and a single token's views, for a prefix of S entries."""
     cfg, B, T = model.cfg, cache.batch_size, cache.segment_len
     d, H = cfg.d_model, cfg.n_heads
     D = d // H
     like = dict(dtype=cache.state.slots.dtype, device=cache.state.slots.device)
     k = block.conv.kernel if block.conv is not None else 0
-    lc = LayerCache(keys=torch.zeros(B * H, D, S + T, **like), values=torch.zeros(B * H, S + T, D, **like),
-                    conv=torch.zeros(B, k - 1 + T, d, **like) if k else None,
-                    features=torch.zeros(B, T, d, **like), probs=torch.zeros(B * H, T, S, **like) if S else None,
-                    bias=torch.zeros(B * H, 1, S + T, **like) if biased else None, prefix=S)
     if cache.turn is None:
         cos, sin = rotary_table(0, T, D, like["dtype"], like["device"])  # (T, D): each angle twice
         e = torch.complex(cos[:, ::2], sin[:, 1::2])  # (T, D/2) e^{i theta}
-        cache.turn = torch.stack([e / math.sqrt(D), e], dim=1)[:, :, None]  # (T, 2, 1, D/2)
+        # a qkv row's pairs: H heads of q (with the logits' scale), then of k, then v's (unturned)
+        cache.turn = torch.cat([(e / math.sqrt(D)).repeat(1, H), e.repeat(1, H), torch.ones_like(e).repeat(1, H)], 1)
         cache.blocked = torch.ones(T, S + T, dtype=torch.bool, device=like["device"]).triu(S + 1)
-    lc.one = [lc.views(n, 1, cache.turn, cache.blocked) for n in range(T)]
+    lc = LayerCache(kv=torch.zeros(2, B, H, S + T, D, **like),
+                    conv=torch.zeros(B, k - 1 + T, d, **like) if k else None,
+                    features=torch.zeros(B, T, d, **like), attn=torch.zeros(B * H, T, S + T, **like),
+                    bias=torch.zeros(B * H, 1, S + T, **like) if biased else None, prefix=S,
+                    scratch=_scratch(B, H, D, like, cache.turn.dtype))
+    keys, values = lc.kv[0].flatten(0, 1).transpose(1, 2), lc.kv[1].flatten(0, 1)  # (B*H, D, S+T), (B*H, S+T, D)
+    lc.one = [_One(conv_in=lc.conv[:, k - 1 + n] if k else None, window=lc.conv[:, n : n + k] if k else None,
+                   new_kv=lc.kv[:, :, :, S + n], keys=keys[..., : S + n + 1], values=values[:, : S + n + 1],
+                   bias=None if lc.bias is None else lc.bias[..., : S + n + 1],
+                   attn=lc.attn[:, n : n + 1, : S + n + 1], feature=lc.features[:, n], turn=cache.turn[n])
+              for n in range(T)]
     cache.layers.append(lc)
     cache.weights.append(_weights(block))
 
@@ -286,7 +330,7 @@ def _close(model, cache: DecodeCache) -> None:
     state, n, B = cache.state, cache.length, cache.batch_size
     pos = state.position[:, None] + torch.arange(n, device=state.position.device)  # (B, n)
     ys = [lc.features[:, :n] for lc in cache.layers]  # [(B, n, d)] * L
-    reads = [None if lc.probs is None else lc.probs.unflatten(0, (B, -1))[:, :, :n].mean(1)
-             for lc in cache.layers]  # [(B, n, S) or None] * L, the mean over heads
+    reads = [lc.attn.unflatten(0, (B, -1))[:, :, :n, : lc.prefix].mean(1) if lc.prefix else None
+             for lc in cache.layers]  # [(B, n, S) or None] * L: the mean over heads
     cache.state = model.next_state(state, model.write(ys, reads, state, pos), n)
     cache.length = 0
