@@ -86,7 +86,7 @@ class _One(NamedTuple):
     bias: Tensor | None     # (B*H, 1, S+n+1) the read bias, or None
     attn: Tensor            # (B*H, 1, S+n+1) where its attention goes
     feature: Tensor         # (B, d) where its block output goes
-    turn: Tensor            # (3d/2,) complex: position n's rotary turn of the qkv row
+    turn: Tensor | None     # (3d/2,) complex: position n's rotary turn of the qkv row
 
 
 class _Scratch(NamedTuple):
@@ -101,9 +101,9 @@ class _Scratch(NamedTuple):
     y_row: Tensor           # (B, d) view of y: heads side by side, as forward's reshape
 
 
-def _scratch(B: int, H: int, D: int, like: dict, complex_dtype: torch.dtype) -> _Scratch:
+def _scratch(B: int, H: int, D: int, like: dict) -> _Scratch:
     qkv = torch.zeros(B, 3 * H * D, **like)
-    turned = torch.zeros(B, 3 * H * D // 2, dtype=complex_dtype, device=like["device"])
+    turned = torch.view_as_complex(torch.zeros(B, 3 * H * D // 2, 2, **like))
     heads = torch.view_as_real(turned).view(B, 3, H, D)
     y = torch.zeros(B * H, 1, D, **like)
     return _Scratch(qkv, torch.view_as_complex(qkv.view(B, -1, 2)), turned,
@@ -121,7 +121,7 @@ class LayerCache:
     attn: Tensor            # (B*H, T, S+T)
     bias: Tensor | None     # (B*H, 1, S+T): the read bias on the prefix, 0 after; None without one
     prefix: int             # S
-    scratch: _Scratch
+    scratch: _Scratch | None  # None where a token takes the chunk path (bfloat16: no complex type)
     one: list[_One] = field(default_factory=list)  # per segment position
 
     def tensors(self) -> list[Tensor]:
@@ -139,7 +139,9 @@ class DecodeCache:
     seen: int = 0  # tokens decoded in all
     layers: list[LayerCache] = field(default_factory=list)  # allocated when the first segment opens
     weights: list[_Weights] = field(default_factory=list)
-    turn: Tensor | None = None  # (T, 3d/2) complex rotary turns of a qkv row at positions 0..T-1
+    cos: Tensor | None = None  # (T, 3d) rotary cos and (signed) sin over a qkv row at positions 0..T-1,
+    sin: Tensor | None = None  # q's with the logits' 1/sqrt(D), v's 1 and 0: layers.rotary's tables
+    turn: Tensor | None = None  # (T, 3d/2) complex: the same turns (float32/64 only: no complex bf16)
     blocked: Tensor | None = None  # (T, S+T) bool: True where segment token i may not attend
 
     @property
@@ -205,7 +207,7 @@ def _chunk(model, tokens: Tensor, cache: DecodeCache) -> Tensor:
         _open(model, cache)
     n, (B, t) = cache.length, tokens.shape
     h = model.embed(tokens)  # (B, t, d)
-    if t == 1 and all(w.prefix_rope for w in cache.weights):
+    if t == 1 and cache.turn is not None and all(w.prefix_rope for w in cache.weights):
         h = h.view(B, -1)
         for lc, w in zip(cache.layers, cache.weights):
             h = _token_block(h, lc, lc.one[n], w)
@@ -251,15 +253,16 @@ def _chunk_block(x: Tensor, lc: LayerCache, w: _Weights, n: int, cache: DecodeCa
         lc.conv[:, k - 1 + n : k - 1 + n + t] = _rms(x, w.norm0, w.eps)
         window = lc.conv[:, n : n + k - 1 + t].unfold(1, k, 1)  # (B, t, d, k)
         x = x + (torch.linalg.vecdot(window, w.conv.t()) + w.conv_bias)
-    qkv = torch.view_as_complex((_rms(x, w.norm1, w.eps) @ w.qkv).unflatten(-1, (-1, 2)))  # (B, t, 3d/2)
-    turned = torch.view_as_real(qkv * cache.turn[n : n + t]).view(B, t, 3, H, D).transpose(1, 3)  # (B, H, 3, t, D)
+    qkv = _rms(x, w.norm1, w.eps) @ w.qkv  # (B, t, 3d)
+    turned = qkv * cache.cos[n : n + t] + qkv.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) * cache.sin[n : n + t]
+    turned = turned.view(B, t, 3, H, D).transpose(1, 3)  # (B, H, 3, t, D): q and k turned, v as it was
     lc.kv[:, :, :, S + n : S + n + t] = turned[:, :, 1:].transpose(0, 2).transpose(1, 2)  # (2, B, H, t, D)
     q = turned[:, :, 0].reshape(B * H, t, D)
     keys = lc.kv[0, :, :, : S + n + t].flatten(0, 1).transpose(1, 2)  # (B*H, D, S+n+t)
     if w.prefix_rope or S == 0:
         scores = torch.bmm(q, keys)  # (B*H, t, S+n+t)
     else:  # read_query='plain': the prefix's logits use the query without rotary (Attention's q0)
-        q0 = torch.view_as_real(qkv).view(B, t, 3, H, D)[:, :, 0].transpose(1, 2).reshape(B * H, t, D) / math.sqrt(D)
+        q0 = (qkv[..., :d] / math.sqrt(D)).view(B, t, H, D).transpose(1, 2).reshape(B * H, t, D)
         scores = torch.cat([torch.bmm(q0, keys[..., :S]), torch.bmm(q, keys[..., S:])], dim=-1)
     if lc.bias is not None:
         scores = scores + lc.bias[..., : S + n + t]
@@ -304,22 +307,25 @@ def _allocate(model, cache: DecodeCache, block, S: int, biased: bool) -> None:
     D = d // H
     like = dict(dtype=cache.state.slots.dtype, device=cache.state.slots.device)
     k = block.conv.kernel if block.conv is not None else 0
-    if cache.turn is None:
-        cos, sin = rotary_table(0, T, D, like["dtype"], like["device"])  # (T, D): each angle twice
-        e = torch.complex(cos[:, ::2], sin[:, 1::2])  # (T, D/2) e^{i theta}
-        # a qkv row's pairs: H heads of q (with the logits' scale), then of k, then v's (unturned)
-        cache.turn = torch.cat([(e / math.sqrt(D)).repeat(1, H), e.repeat(1, H), torch.ones_like(e).repeat(1, H)], 1)
+    if cache.cos is None:
+        cos, sin = rotary_table(0, T, D, like["dtype"], like["device"])  # (T, D): each angle twice, sin signed
+        # a qkv row: H heads of q (with the logits' scale), then of k, then v's, which stay as they are
+        cache.cos = torch.cat([(cos / math.sqrt(D)).repeat(1, H), cos.repeat(1, H), torch.ones_like(cos).repeat(1, H)], 1)
+        cache.sin = torch.cat([(sin / math.sqrt(D)).repeat(1, H), sin.repeat(1, H), torch.zeros_like(sin).repeat(1, H)], 1)
+        if like["dtype"] in (torch.float32, torch.float64):  # the turn of each pair (x1, x2) as e^{i theta}
+            cache.turn = torch.complex(cache.cos[:, ::2], cache.sin[:, 1::2])
         cache.blocked = torch.ones(T, S + T, dtype=torch.bool, device=like["device"]).triu(S + 1)
     lc = LayerCache(kv=torch.zeros(2, B, H, S + T, D, **like),
                     conv=torch.zeros(B, k - 1 + T, d, **like) if k else None,
                     features=torch.zeros(B, T, d, **like), attn=torch.zeros(B * H, T, S + T, **like),
                     bias=torch.zeros(B * H, 1, S + T, **like) if biased else None, prefix=S,
-                    scratch=_scratch(B, H, D, like, cache.turn.dtype))
+                    scratch=_scratch(B, H, D, like) if cache.turn is not None else None)
     keys, values = lc.kv[0].flatten(0, 1).transpose(1, 2), lc.kv[1].flatten(0, 1)  # (B*H, D, S+T), (B*H, S+T, D)
     lc.one = [_One(conv_in=lc.conv[:, k - 1 + n] if k else None, window=lc.conv[:, n : n + k] if k else None,
                    new_kv=lc.kv[:, :, :, S + n], keys=keys[..., : S + n + 1], values=values[:, : S + n + 1],
                    bias=None if lc.bias is None else lc.bias[..., : S + n + 1],
-                   attn=lc.attn[:, n : n + 1, : S + n + 1], feature=lc.features[:, n], turn=cache.turn[n])
+                   attn=lc.attn[:, n : n + 1, : S + n + 1], feature=lc.features[:, n],
+                   turn=cache.turn[n] if cache.turn is not None else None)
               for n in range(T)]
     cache.layers.append(lc)
     cache.weights.append(_weights(block))

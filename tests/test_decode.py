@@ -91,3 +91,16 @@ def test_decode_checks_batch_size_and_tokens():
         model.decode(torch.tensor([[0] * 9 + [16]] * 2), cache)  # out of range after the first segment
     with pytest.raises(ValueError, match=r"shape \(batch, length >= 1\)"):
         model.decode(tokens(2, 0), cache)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.15)], ids=["float32", "bfloat16"])
+def test_decode_in_lower_precision(dtype, atol):
+    """float32 takes the single-token path (its rotary turn is a complex multiply); bfloat16,
+    which has no complex type, the chunk path for every token: both give forward's logits."""
+    model = tiny_model(dtype).eval()
+    x = tokens(1, 40)
+    whole = model.forward_sequence(x, segment_len=16).logits
+    cache = new_cache(model, 1, 16)
+    steps = [step(model, x[:, :5], cache)] + [step(model, x[:, t : t + 1], cache) for t in range(5, 40)]
+    assert (cache.turn is None) == (dtype == torch.bfloat16)
+    assert_close("logits", whole.float(), torch.cat(steps, 1).float(), atol=atol)
