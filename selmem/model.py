@@ -122,6 +122,14 @@ class SelectiveMemoryTransformer(nn.Module):
         """``state_size`` of a model built from ``cfg``, without building it (as every model's)."""
         return cfg.state_floats()
 
+    @property
+    def sequence_inputs(self) -> frozenset[str]:
+        """The keyword inputs of ``forward_sequence`` that the training loop hands the model, as
+        every model names its own (the baselines none): packed rows' resets, that the token range
+        was checked, and with a credit teacher the answers it learns from."""
+        teacher = ("answer_mask", "answer_targets", "answer_count") if self.cfg.credit != "none" else ()
+        return frozenset(("reset", "checked", *teacher))
+
     # ------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor | None, state: MemoryState | None = None, mask: Tensor | None = None, *,
                 checked: bool = False, parts: Parts | None = None, inputs_embeds: Tensor | None = None,

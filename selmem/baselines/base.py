@@ -63,6 +63,9 @@ class SegmentModel(nn.Module):
     state_knob: ClassVar[str | None] = None
     """The config field that sizes the carried state, which ``selmem compare`` sets so that the
     model carries about as many floats as selmem (None: its state does not follow one)."""
+    sequence_inputs: ClassVar[frozenset[str]] = frozenset()
+    """The keyword inputs of ``forward_sequence`` beyond selmem's first three that the training
+    loop may hand it (as ``SelectiveMemoryTransformer.sequence_inputs``): none."""
 
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()

@@ -59,6 +59,8 @@ class _Peer(nn.Module):
     """The name runs and commands know the model by (``baselines.PEERS``)."""
     state_knob: ClassVar[str | None] = "slots"
     """The config field that sizes the carried state, as SegmentModel's."""
+    sequence_inputs: ClassVar[frozenset[str]] = frozenset()
+    """The training loop's extra inputs to ``forward_sequence``, as SegmentModel's: none."""
 
     def __init__(self, cfg: SelmemConfig) -> None:
         super().__init__()

@@ -25,7 +25,6 @@ from selmem.baselines import params, train_only_params
 from selmem.experiment import ExperimentConfig, build
 from selmem.files import writing
 from selmem.metrics import memory_metrics
-from selmem.model import SelectiveMemoryTransformer
 from selmem.state import NonFiniteState
 from selmem.tasks.base import LOWER_IS_BETTER, Batch, Task
 from selmem.train import checkpoint, dist, run
@@ -67,28 +66,27 @@ def task_loss(logits: Tensor, batch: Batch, scored: int | None = None) -> tuple[
 
 def host_checks(model: nn.Module, host: Batch) -> int:
     """The checks of a training batch that read its values, made on the batch before it moves to
-    the device (no device sync there): selmem's token range, and the scored count, returned."""
-    if isinstance(model, SelectiveMemoryTransformer):
+    the device (no device sync there): the token range, for a model that is then told so
+    (``checked`` among its ``sequence_inputs``: selmem), and the scored count, returned."""
+    if "checked" in model.sequence_inputs:
         model.check_values(host.tokens, None)
     return int(host.loss_mask.sum())
 
 
 def forward_kwargs(model: nn.Module, batch: Batch, scored: int) -> dict[str, Any]:
-    """What selmem's forward_sequence takes besides the tokens on the training path, after
-    ``host_checks``: the scored positions, their targets and count for head B's credit, packed
-    rows' resets, and that the token range is checked. The other models take no such arguments."""
-    if not isinstance(model, SelectiveMemoryTransformer):
-        return {}
-    kwargs: dict[str, Any] = {**reset_kwargs(model, batch), "checked": True}
-    if model.cfg.credit != "none":
-        kwargs.update(answer_mask=batch.loss_mask, answer_targets=batch.targets, answer_count=scored)
-    return kwargs
+    """What forward_sequence takes besides the tokens on the training path, after ``host_checks``,
+    as far as the model names it in its ``sequence_inputs`` (selmem; the baselines take none):
+    packed rows' resets, the scored positions, their targets and count for head B's credit (not
+    with credit='none'), and that the token range is checked."""
+    given = {**reset_kwargs(model, batch), "answer_mask": batch.loss_mask, "answer_targets": batch.targets,
+             "answer_count": scored, "checked": True}
+    return {k: v for k, v in given.items() if k in model.sequence_inputs}
 
 
 def reset_kwargs(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
-    """Packed rows (batch.reset) restart selmem's memory at each document start; the baselines
-    take no resets and stream the row as one."""
-    if batch.reset is None or not isinstance(model, SelectiveMemoryTransformer):
+    """Packed rows (batch.reset) restart the memory at each document start where the model takes
+    resets (selmem); the baselines take none and stream the row as one."""
+    if batch.reset is None or "reset" not in model.sequence_inputs:
         return {}
     return {"reset": batch.reset}
 

@@ -257,6 +257,29 @@ def test_packed_code_lm_batches_reach_selmem_as_resets():
     assert reset_kwargs(build_model("local", model.cfg), batch) == {}
 
 
+@pytest.mark.parametrize("arch", ["selmem", "selmem-no-credit", "local", "armt", "lstm"])
+def test_the_loop_hands_each_model_the_inputs_it_names(arch):
+    """No model kind is named in the loop: each model lists the forward_sequence inputs it takes
+    (sequence_inputs), it takes them, and the loop hands it exactly those."""
+    import inspect
+
+    from selmem.baselines import build_model
+    from selmem.config import SelmemConfig
+    from selmem.train.loop import forward_kwargs, host_checks
+
+    task = MQARTask(num_pairs=2, segment_len=8, num_segments=3)
+    cfg = SelmemConfig(vocab_size=task.vocab_size, d_model=16, n_heads=2, slots=4, d_mem=8, max_segment_len=8,
+                       credit="none" if arch.endswith("no-credit") else "probe")
+    model = build_model(arch.split("-")[0], cfg)
+    batch = task.batch("train", 0, 2)
+    batch = replace(batch, reset=torch.zeros_like(batch.loss_mask))
+    kwargs = forward_kwargs(model, batch, host_checks(model, batch))
+    assert set(kwargs) == set(model.sequence_inputs) <= set(inspect.signature(model.forward_sequence).parameters)
+    if arch == "selmem":
+        assert {"reset", "checked", "answer_mask"} <= set(kwargs)
+    model.forward_sequence(batch.tokens, 8, **kwargs)
+
+
 def test_bf16_autocast_trains_and_differs_from_float32(tmp_path):
     """train.autocast='bf16' runs the forward in bfloat16 (CPU autocast here, the GPU one in
     practice): the run trains to finite losses, and they are not float32's to the bit."""
