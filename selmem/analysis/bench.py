@@ -14,6 +14,7 @@ state as in ``selmem compare``. Targets for speed and memory live here, not in t
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import resource
 import statistics
@@ -58,6 +59,20 @@ class BenchConfig:
     """Tokens streamed per model (batch 1, no gradient); empty = none, or 1K 16K 256K 1M with --bench.page."""
     stream_budget_s: float = 600.0
     """Give up on a (model, length) after this many seconds (full attention is quadratic); 0 = never."""
+    decode: bool = False
+    """Time token-by-token decoding instead: selmem against a GPT-2 of its size after the same
+    prompt (analysis/bench_decode.py); with --bench.page, write the page's decoding section only."""
+    decode_prompt: int = 4096
+    """Prompt tokens before the decoded ones (--bench.decode and --bench.gpu)."""
+    decode_tokens: int = 1000
+    """Tokens decoded greedily after the prompt (--bench.decode and --bench.gpu)."""
+    gpu: bool = False
+    """The GPU record instead (analysis/bench_gpu.py): --bench.models trained and streamed on CUDA
+    in bf16 with torch.compile, and decoding; with --bench.page, write the page's GPU section only.
+    Needs a CUDA device (scripts/gpu-bench.sh runs it)."""
+    budget_s: float = 0.0
+    """With --bench.gpu: time no further model once this many seconds have passed (the first is
+    always timed); 0 = no limit."""
 
 
 @dataclass
@@ -109,14 +124,19 @@ def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> d
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    # train.autocast as the trainer applies it: the forward pass in bfloat16, the rest in float32
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if exp.train.autocast == "bf16" \
+        else contextlib.nullcontext
+
     def train_step(teacher: bool = True) -> None:
-        loss = step_loss(model, host, batch, seg, teacher)
+        with amp():
+            loss = step_loss(model, host, batch, seg, teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     def infer_step() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             model.forward_sequence(batch.tokens, seg)
 
     model.train()
@@ -156,6 +176,10 @@ def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]],
         raise ValueError(f"--bench.stream-lengths must be >= 1 tokens each, got {bc.stream_lengths}")
     exp = exp.resolved()
     exp = replace(exp, model=replace(exp.model, max_segment_len=max(exp.model.max_segment_len, exp.segment_len())))
+    if bc.gpu:
+        return gpu(exp, bc)
+    if bc.decode:
+        return decoding(exp, bc)
     rows = [_fresh(bench_one, name, exp.to_dict(), bc.__dict__) for name in bc.models]
     table = markdown_table(rows)
     if bc.out:
@@ -172,12 +196,54 @@ def bench(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]],
         ops = _fresh(scale.count_ops, exp.to_dict(), bc.models, bc.batch_size, bc.seq_len)
         page = Path(bc.page)
         png = scale.plot(stream_rows, page.parent / "img" / "benchmarks.png")
-        command = "selmem bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "selmem bench"
         page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text(scale.page(command, markdown_table(rows), stream_rows, profile, rows,
-                                   scale.machine(rows[0]["device"] if rows else "cpu"),
-                                   str(png.relative_to(page.parent)) if png else None, ops))
+        text = scale.page(command(), markdown_table(rows), stream_rows, profile, rows,
+                          scale.machine(rows[0]["device"] if rows else "cpu"),
+                          str(png.relative_to(page.parent)) if png else None, ops)
+        page.write_text(scale.keep_own_sections(page.read_text() if page.exists() else "", text))
     return rows, table
+
+
+def command() -> str:
+    """The command line that runs, as the page names it."""
+    return "selmem bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "selmem bench"
+
+
+def gpu(exp: ExperimentConfig, bc: BenchConfig, device: str = "cuda",
+        compile: bool = True) -> tuple[list[dict[str, Any]], str]:
+    """--bench.gpu (bench_gpu.py): --bench.models on ``device`` in bf16 with torch.compile until
+    --bench.budget-s has passed, batch-1 streaming, decoding; and the page's GPU section. Refuses
+    in one line before any work where 'cuda' has no device (tests run it with device 'cpu')."""
+    from selmem.analysis import bench_decode, bench_gpu
+
+    exp, start = bench_gpu.experiment(exp, device, compile), time.perf_counter()
+    bench_decode.check(bc.decode_prompt, bc.decode_tokens)  # before minutes of training steps
+    rows, skipped = [], []
+    for name in bc.models:
+        if rows and bc.budget_s and time.perf_counter() - start > bc.budget_s:  # the first always runs
+            skipped.append(name)
+        else:
+            rows.append(_fresh(bench_one, name, exp.to_dict(), bc.__dict__))
+    timed = [r["model"] for r in rows]
+    streams = [_fresh(scale.stream_one, name, exp.to_dict(), bench_gpu.STREAM_TOKENS, bc.stream_budget_s)
+               for name in bench_gpu.STREAM_MODELS if name in timed]
+    decoded = bench_decode.rows(exp, bc.decode_prompt, bc.decode_tokens, bc.repeats, _fresh)
+    text = bench_gpu.section(command(), markdown_table(rows), rows, streams, bench_decode.bars(decoded, device),
+                             bench_decode.table(decoded), skipped, scale.machine(device), time.perf_counter() - start)
+    if bc.page:
+        scale.write_section(bc.page, "GPU", text)
+    return rows, text
+
+
+def decoding(exp: ExperimentConfig, bc: BenchConfig) -> tuple[list[dict[str, Any]], str]:
+    """--bench.decode: selmem's decoding against GPT-2's (bench_decode.py), and the page's section."""
+    from selmem.analysis import bench_decode
+
+    rows = bench_decode.rows(exp, bc.decode_prompt, bc.decode_tokens, bc.repeats, _fresh)
+    if bc.page:
+        scale.write_section(bc.page, "Decoding", bench_decode.section(
+            command(), rows, scale.machine(rows[0]["device"]), exp.train.threads))
+    return rows, bench_decode.table(rows)
 
 
 #: the streaming lengths of the record (the issue's 1K / 16K / 256K / 1M tokens)

@@ -330,3 +330,42 @@ def page(command: str, table: str, stream_rows: list[dict[str, Any]], profile: d
         lines += ["", "## Where a selmem training step goes", "", "| part | ms | share |", "|---|---|---|"]
         lines += [f"| {k} | {v * 1e3:.1f} | {v / step:.0%} |" for k, v in profile.items()]
     return "\n".join(lines) + "\n"
+
+
+#: sections of the page that commands of their own write (each names its command), which the
+#: full record keeps when it rewrites the rest: decoding (``--bench.decode``), the GPU record (``--bench.gpu``)
+OWN_SECTIONS = ("Decoding", "GPU")
+
+
+def split_sections(text: str) -> tuple[str, dict[str, str]]:
+    """A page -> (what precedes its first ``## `` heading, {title: body}) in page order."""
+    head, *parts = text.split("\n## ")
+    sections = {}
+    for part in parts:
+        title, _, body = part.partition("\n")
+        sections[title.strip()] = body.strip("\n")
+    return head, sections
+
+
+def join_sections(head: str, sections: dict[str, str]) -> str:
+    return head.rstrip("\n") + "\n" + "".join(f"\n## {t}\n\n{b}\n" for t, b in sections.items())
+
+
+def write_section(path: str | Path, title: str, body: str) -> None:
+    """Put ``body`` under ``## title`` in the page at ``path``: that section replaced, or added at
+    the end; the rest of the page kept as it is (a new page gets a heading of its own)."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    head, sections = split_sections(text)
+    sections[title] = body.strip("\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(join_sections(head, sections))
+
+
+def keep_own_sections(old: str, new: str) -> str:
+    """The page ``new`` (the full record) with the OWN_SECTIONS of ``old`` after its own: the
+    record's command does not write them, so rewriting the page must not drop them."""
+    _, kept = split_sections(old)
+    head, sections = split_sections(new)
+    sections.update({t: kept[t] for t in OWN_SECTIONS if t in kept and t not in sections})
+    return join_sections(head, sections)
