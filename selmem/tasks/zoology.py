@@ -45,14 +45,29 @@ values 5-8), test batch 0, seed 0::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from selmem.tasks.common import answered_spans, random_subsets
 
-if TYPE_CHECKING:
-    from selmem.tasks.mqar import MQARTask
+
+class StreamTask(Protocol):
+    """What the stream layout reads of its task (an MQARTask with layout='stream', tasks/mqar.py,
+    which imports this file: named by its fields here, so the two files do not import each other)."""
+
+    segment_len: int
+    num_keys: int
+    num_values: int
+    noise_vocab: int
+    noise: str
+    gaps: str
+    power_a: float
+    rebind_at: str
+
+    def rebinds_at(self, n: int) -> int: ...
+
+    def noise_rows(self, rng: np.random.Generator, B: int, N: int) -> np.ndarray: ...
 
 
 def gap_probs(space: int, gaps: str, power_a: float) -> np.ndarray:
@@ -76,7 +91,7 @@ def other_values(rng: np.random.Generator, old: np.ndarray, V: int) -> np.ndarra
     return (old + 1 + rng.integers(0, V - 1, size=old.shape)) % V
 
 
-def stream_rows(task: MQARTask, rng: np.random.Generator, B: int, n: int, segments: int):
+def stream_rows(task: StreamTask, rng: np.random.Generator, B: int, n: int, segments: int):
     """The arrays of one batch of the stream layout: tokens, targets, loss_mask, relevant,
     source, for B rows of ``segments`` segments with n pairs (see the module docstring)."""
     T, K, V = task.segment_len, task.num_keys, task.num_values
