@@ -5,8 +5,9 @@ runs/NAME's ckpt/best and ckpt/last, on 4 test batches of 32 rows,
   segment of its latest binding (``@segS``); and how often a re-bound key gets its first value;
 - per layer, head B's mean gate on the pair tokens of the latest bindings and on every other
   token, and how many other tokens per row pass 0.5, by segment;
-- the teacher's target (the probe's retrieval attention at the answers, summed, clamped at 1) on
-  the same two sets, with the probe's own weights.
+- the teacher's target (the probe's retrieval attention at the answers, summed, clamped at 1;
+  and the run's own ``probe_target`` where it is 'peak') on the same two sets, with the probe's
+  own weights; and each layer's gate on a binding's key and on its value.
 
     .venv/bin/python docs/results/diag-recall/overwrite.py runs/NAME
 
@@ -38,7 +39,9 @@ for tag in ("best", "last"):
     for batch in task.test_set(4, 32):
         with torch.no_grad():
             out = model.forward_sequence(batch.tokens, T)
-            _, attn = model.probe(batch.tokens, T, batch.loss_mask)
+            _, attn_null = model.probe(batch.tokens, T, batch.loss_mask, with_null=True)
+        attn = attn_null[:, 1:]
+        peak = (attn_null / attn_null.amax(-1, keepdim=True).clamp_min(1e-9))[:, 1:]
         pred = out.logits.argmax(-1)
         for r, row in enumerate(batch.tokens.tolist()):
             bound: dict[int, list[int]] = {}
@@ -60,16 +63,27 @@ for tag in ("best", "last"):
         target = torch.zeros(batch.tokens.shape).index_add(0, row_i, attn).clamp(max=1.0)
         rel = batch.relevant
         gates["target"].append((target[rel].mean(), target[~rel].mean()))
+        if model.cfg.probe_target == "peak":
+            tp = torch.zeros(batch.tokens.shape).scatter_reduce(0, row_i[:, None].expand_as(peak), peak, "amax")
+            gates["peak"].append((tp[rel].mean(), tp[~rel].mean()))
+        tok = batch.tokens
+        is_set = tok == S
+        role = {"key": rel & torch.nn.functional.pad(is_set[:, :-1], (1, 0)),
+                "value": rel & torch.nn.functional.pad(is_set[:, :-2], (2, 0))}
         seg = (torch.arange(rel.shape[1]) // T).expand_as(rel)
         for l, s in enumerate(out.scores):
             g = torch.sigmoid(s)
             other = (g > 0.5) & ~rel
             by_seg = [float(other[seg == k].sum()) / rel.shape[0] for k in range(task.num_segments)]
             gates[f"L{l}"].append((g[rel].mean(), g[~rel].mean(), by_seg))
+            gates[f"L{l}role"].append([float(g[m].mean()) for m in role.values()])
     print(f"{tag}: accuracy " + ", ".join(f"{k} {c / n:.3f} (n={n})" for k, (n, c) in sorted(acc.items()))
           + f"; re-bound keys answered with their first value {stale[1] / max(stale[0], 1):.3f}")
     t = torch.tensor([[float(a), float(b)] for a, b in gates["target"]]).mean(0)
-    print(f"  teacher target: pair tokens {t[0]:.3f}, other {t[1]:.3f}")
+    print(f"  teacher target (sum): pair tokens {t[0]:.3f}, other {t[1]:.3f}")
+    if gates["peak"]:
+        t = torch.tensor([[float(a), float(b)] for a, b in gates["peak"]]).mean(0)
+        print(f"  teacher target (peak, the run's): pair tokens {t[0]:.3f}, other {t[1]:.3f}")
     for l in range(len(out.scores)):
         rows = gates[f"L{l}"]
         pair = sum(float(r[0]) for r in rows) / len(rows)
@@ -77,3 +91,5 @@ for tag in ("best", "last"):
         by_seg = [sum(r[2][k] for r in rows) / len(rows) for k in range(task.num_segments)]
         print(f"  L{l} gate: pair tokens {pair:.3f}, other {rest:.3f}; other tokens past 0.5 per row "
               f"by segment {[round(x, 1) for x in by_seg]}")
+        roles = torch.tensor(gates[f"L{l}role"]).mean(0)
+        print(f"  L{l} gate on a binding's key / value: " + " / ".join(f"{x:.3f}" for x in roles))
