@@ -49,6 +49,7 @@ from torch import Tensor
 from selmem.config import SelmemConfig
 from selmem.decode import DecodeCache
 from selmem.model import SelectiveMemoryTransformer
+from selmem.objective import Objective
 from selmem.train.checkpoint import TRAIN_ONLY
 
 
@@ -303,8 +304,8 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
         ce = F.cross_entropy(pred, labels[:, 1:].flatten(), ignore_index=-100)
         if not train:
             return SelmemCausalLMOutput(loss=ce, logits=logits, cache=cache, hidden_states=states)
-        aux = out.losses["aux"]  # selmem train adds the same to its task loss (train/loop.py)
-        return SelmemCausalLMOutput(loss=ce + aux, logits=logits, cache=cache, ce=ce, aux=aux, hidden_states=states)
+        aux = out.losses["aux"]  # the objective selmem train optimises (objective.py, train/loop.py)
+        return SelmemCausalLMOutput(loss=Objective.total(ce, out.losses), logits=logits, cache=cache, ce=ce, aux=aux, hidden_states=states)
 
     def generate(self, inputs: Tensor | None = None, generation_config: GenerationConfig | None = None,
                  **kwargs: Any) -> Tensor:

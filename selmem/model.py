@@ -28,6 +28,7 @@ from selmem.memory.layer import layer_stats as layer_stats_of
 from selmem.memory.read import Read
 from selmem.memory.select import Select
 from selmem.memory.stacked import stack_parts, write_layers
+from selmem.objective import Objective
 from selmem.state import MemoryState, NonFiniteState
 
 
@@ -121,6 +122,12 @@ class SelectiveMemoryTransformer(nn.Module):
     def state_floats(cfg: SelmemConfig, seq_len: int | None = None) -> int:
         """``state_size`` of a model built from ``cfg``, without building it (as every model's)."""
         return cfg.state_floats()
+
+    @property
+    def objective(self) -> Objective:
+        """The training objective of this model's config: the loss weights, their sum and head B's
+        teacher (objective.py). Read from ``cfg`` on every call, so a changed config is seen."""
+        return Objective(self.cfg)
 
     @property
     def sequence_inputs(self) -> frozenset[str]:
@@ -267,8 +274,8 @@ class SelectiveMemoryTransformer(nn.Module):
         segment = self.nce_segment((self.embed(tokens) if inputs_embeds is None else inputs_embeds).mean(1))  # (B, d)
         nce = torch.where((state.position > 0).all(), losses.infonce(memory, segment, cfg.nce_temperature),
                           sparse * 0.0)
-        aux = cfg.lambda_sparse * sparse + cfg.lambda_rec * recon + cfg.lambda_nce * nce + cfg.lambda_score * bound
-        return {"sparsity": sparse, "reconstruction": recon, "infonce": nce, "score_bound": bound, "aux": aux}
+        parts = {"sparsity": sparse, "reconstruction": recon, "infonce": nce, "score_bound": bound}
+        return {**parts, "aux": self.objective.weigh(parts)}  # weighed where the whole objective lives
 
     # ------------------------------------------------------------------------------------------
     def forward_sequence(self, tokens: Tensor | None, segment_len: int | None = None,
@@ -313,30 +320,14 @@ class SelectiveMemoryTransformer(nn.Module):
             out = self._forward_packed(tokens, self.cfg.resolve_segment_len(segment_len), state, attention_mask,
                                        reset if doc_ids is None else packing.starts_from_doc_ids(doc_ids), checked,
                                        **extra)
-        cfg = self.cfg
-        if answer_mask is None or cfg.credit == "none" or cfg.lambda_credit == 0:
+        if answer_mask is None or not self.objective.has_teacher:
             return out
         if answer_mask.shape != x.shape[:2]:
             raise ValueError(f"answer_mask has shape {tuple(answer_mask.shape)}, tokens {tuple(x.shape[:2])}")
-        if cfg.credit == "probe" and tokens is None:
-            raise ValueError("credit='probe': head B's teacher embeds the token ids itself, so it needs tokens, "
-                             "not inputs_embeds (or pass no answer_mask)")
-        if cfg.credit == "read":
-            answers = int(answer_mask.sum()) if answer_count is None else answer_count
-            c = credit.credit_loss(out.scores, credit.read_credit(out.stats, answer_mask), answers)
-        else:
-            if answer_targets is None or answer_targets.shape != tokens.shape:
-                raise ValueError("credit='probe' needs answer_targets (B, N), the targets at the answer positions")
-            seg = cfg.resolve_segment_len(segment_len)
-            out.losses["probe"], c, attn = credit.probe_losses(self.probe, tokens, out.scores, seg, answer_mask,
-                                                                answer_targets, answer_count, cfg.probe_target)
-            out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * out.losses["probe"]
-            if cfg.lambda_read > 0 and out.reads is not None and out.reads[0] is not None:
-                row, pos = credit.answer_positions(answer_mask, answer_count)
-                out.losses["read"] = credit.read_teacher_loss(out.stats, out.reads, attn, row, pos, seg, cfg.slots)
-                out.losses["aux"] = out.losses["aux"] + cfg.lambda_read * out.losses["read"]
-        out.losses["credit"] = c
-        out.losses["aux"] = out.losses["aux"] + cfg.lambda_credit * c
+        # head B's teacher, computed by the objective from this window's outputs (objective.py)
+        out.losses = self.objective.teacher(out.losses, out.scores, out.stats, out.reads, self.probe, tokens,
+                                            self.cfg.resolve_segment_len(segment_len), answer_mask, answer_targets,
+                                            answer_count)
         return out
 
     def _forward_packed(self, tokens: Tensor | None, seg: int, state: MemoryState | None, valid: Tensor | None,

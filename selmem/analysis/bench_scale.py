@@ -52,12 +52,13 @@ def step_loss(model: Any, host: Any, batch: Any, segment_len: int, teacher: bool
     """The loss a trainer's step (Trainer._step) backpropagates, minus its fault checks: the task
     loss plus the auxiliary ones, selmem's teacher included unless ``teacher`` is False. host:
     the batch on the host (its checks read values there), batch: the same on the device."""
+    from selmem.objective import Objective
     from selmem.train.loop import forward_kwargs, host_checks, reset_kwargs, task_loss
 
     n = host_checks(model, host)
     kwargs = forward_kwargs(model, batch, n) if teacher else reset_kwargs(model, batch)
     out = model.forward_sequence(batch.tokens, segment_len, **kwargs)
-    return task_loss(out.logits, batch, n)[0] + out.losses["aux"]
+    return Objective.total(task_loss(out.logits, batch, n)[0], out.losses)
 
 
 def stream_one(name: str, exp_dict: dict[str, Any], n_tokens: int, budget_s: float) -> dict[str, Any]:

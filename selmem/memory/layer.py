@@ -40,6 +40,7 @@ from selmem.memory.compress import Candidates, Compress
 from selmem.memory.read import Read
 from selmem.memory.select import Select, budget
 from selmem.memory.update import Written, update
+from selmem.objective import Objective
 from selmem.state import MemoryState
 
 
@@ -384,18 +385,17 @@ class MemoryStack(nn.Module):
             raise ValueError(f"segments must be a non-empty list of per-segment lists of the {L} layers' stats")
         out = {k: torch.stack([torch.stack([lay["losses"][k] for lay in seg]).mean() for seg in segments]).mean()
                for k in ("sparsity", "reconstruction", "score_bound")}
-        out["aux"] = (cfg.lambda_sparse * out["sparsity"] + cfg.lambda_rec * out["reconstruction"]
-                      + cfg.lambda_score * out["score_bound"])
+        objective = Objective(cfg)  # the weights and the teacher, as the built-in model's (objective.py)
+        out["aux"] = objective.weigh(out)
         if answer_mask is None:
             return out
         if self.probe is None:
             raise ValueError("head B's teacher needs the probe: build the stack with MemoryStack(cfg, probe=True)")
         scores = [torch.cat([seg[l]["live_score"] for seg in segments], dim=1) for l in range(L)]  # (B, N) each
         seg_len = self._check_window(segments, scores[0].shape, tokens, answer_mask, answer_targets)
-        out["probe"], out["credit"], _ = credit.probe_losses(self.probe, tokens, scores, seg_len, answer_mask,
-                                                             answer_targets, reduce=cfg.probe_target)
-        out["aux"] = out["aux"] + cfg.lambda_credit * (out["probe"] + out["credit"])
-        return out
+        # no read teacher (reads=None): a host's read attention is its own
+        stats = {"segments": [{"layers": seg} for seg in segments]}
+        return objective.teacher(out, scores, stats, None, self.probe, tokens, seg_len, answer_mask, answer_targets)
 
     def _check_window(self, segments: list[list[dict[str, Any]]], shape: torch.Size, tokens: Tensor | None,
                       answer_mask: Tensor, answer_targets: Tensor | None) -> int:

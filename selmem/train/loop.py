@@ -25,6 +25,7 @@ from selmem.baselines import params, train_only_params
 from selmem.experiment import ExperimentConfig, build
 from selmem.files import writing
 from selmem.metrics import memory_metrics
+from selmem.objective import Objective
 from selmem.state import NonFiniteState
 from selmem.tasks.base import LOWER_IS_BETTER, Batch, Task
 from selmem.train import checkpoint, dist, run
@@ -306,7 +307,7 @@ class Trainer:
             if world.distributed:
                 task = loss * (n * world.size / float(dist.all_sum(torch.tensor([float(n)]), world)))
             opt.zero_grad(set_to_none=True)
-            (task + out.losses["aux"]).backward()
+            Objective.total(task, out.losses).backward()  # the task loss plus the weighted aux and teacher
             norm = nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip else grad_norm(model)
             fault = nonfinite_step(model, step + 1, loss, out, norm)
             if world.distributed:  # a fault of one rank's forward stops every rank's step
