@@ -1,12 +1,14 @@
 """The training objective (selmem/objective.py, issue 27 item 1): computed from the model's outputs,
-it is exactly what forward_sequence's teacher path and the training step give."""
+it is exactly what forward_sequence's teacher path and the training step give, and it makes a
+MemoryStack hosted in another model learn recall that cross-entropy alone does not."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from selmem import SelectiveMemoryTransformer
+from selmem import MemoryStack, SelectiveMemoryTransformer
 from selmem.objective import WEIGHTS, Objective
 from selmem.tasks import MQARTask
 from tests.helpers import tiny_cfg
@@ -48,3 +50,56 @@ def test_model_reads_its_objective_from_its_config():
     assert model.objective.has_teacher
     model.cfg = tiny_cfg(credit="none")
     assert not model.objective.has_teacher
+
+
+# Recall with distractors across 4 segments of 8: 2 marked (key, value) pairs, then their queries
+# among shared noise; chance 1/8.
+HOSTED = MQARTask(num_pairs=2, num_keys=8, num_values=8, segment_len=8, num_segments=4, noise_vocab=4,
+                  placement="random", noise="shared", marked=True)
+
+
+def train_hosted_stack(teacher: bool, seed: int = 0, steps: int = 200) -> float:
+    """A MemoryStack hosted in another model (a selmem model with read='off' and no teacher, used
+    as a plain Transformer: its embedding, blocks and head; the stack reads by cross-attention),
+    trained by cross-entropy alone or by the objective (cross-entropy + ``stack.losses``' aux,
+    head B's probe teacher included) -> held-out accuracy at the scored positions."""
+    torch.manual_seed(seed)
+    V, T = HOSTED.vocab_size, HOSTED.segment_len
+    host = SelectiveMemoryTransformer(tiny_cfg(vocab_size=V, max_segment_len=T, read="off", credit="none"))
+    stack = MemoryStack(tiny_cfg(vocab_size=V, max_segment_len=T, slots=4), read="cross", probe=True)
+    opt = torch.optim.AdamW([*host.parameters(), *stack.parameters()], lr=5e-3, weight_decay=0.0)
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, list[list[dict]]]:
+        state, segments, logits = stack.init_state(x.shape[0]), [], []
+        for part in x.split(T, dim=1):
+            hints, h, layers = stack.hints(state), host.embed(part), []
+            for block, memory in zip(host.blocks, stack, strict=True):
+                h, _ = block(h)
+                h, state, stats = memory(h, state, hints)
+                layers.append(stats)
+            segments.append(layers)
+            logits.append(host.head(host.norm(h)))
+        return torch.cat(logits, dim=1), segments
+
+    for step in range(steps):
+        b = HOSTED.batch("train", step, 16)
+        logits, segments = forward(b.tokens)
+        loss = F.cross_entropy(logits[b.loss_mask], b.targets[b.loss_mask])
+        if teacher:
+            loss = Objective.total(loss, stack.losses(segments, b.tokens, b.loss_mask, b.targets))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    b = HOSTED.batch("test", 0, 256)
+    with torch.no_grad():
+        logits, _ = forward(b.tokens)
+    return (logits.argmax(-1)[b.loss_mask] == b.targets[b.loss_mask]).float().mean().item()
+
+
+def test_a_hosted_stack_learns_recall_by_the_objective_where_cross_entropy_alone_does_not():
+    """Measured on a loaded 2-core CPU, 200 steps, one thread, ~10 s per run, seeds 0..3:
+    cross-entropy alone 0.115 at every seed (chance 0.125), with the objective 0.55 0.49 0.50 0.66."""
+    torch.set_num_threads(1)
+    alone, taught = train_hosted_stack(False), train_hosted_stack(True)
+    assert alone < 0.2, f"cross-entropy alone scored {alone:.3f}: the task no longer needs the teacher"
+    assert taught >= alone + 0.25, f"with the objective {taught:.3f} vs cross-entropy alone {alone:.3f}"
