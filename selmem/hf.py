@@ -49,7 +49,7 @@ from torch import Tensor
 from selmem.config import SelmemConfig
 from selmem.decode import DecodeCache
 from selmem.model import SelectiveMemoryTransformer
-from selmem.objective import Objective
+from selmem.memory.objective import Objective
 from selmem.train.checkpoint import TRAIN_ONLY
 
 
@@ -304,7 +304,7 @@ class SelmemForCausalLM(SelmemPreTrainedModel, GenerationMixin):
         ce = F.cross_entropy(pred, labels[:, 1:].flatten(), ignore_index=-100)
         if not train:
             return SelmemCausalLMOutput(loss=ce, logits=logits, cache=cache, hidden_states=states)
-        aux = out.losses["aux"]  # the objective selmem train optimises (objective.py, train/loop.py)
+        aux = out.losses["aux"]  # the objective selmem train optimises (memory/objective.py, train/loop.py)
         return SelmemCausalLMOutput(loss=Objective.total(ce, out.losses), logits=logits, cache=cache, ce=ce, aux=aux, hidden_states=states)
 
     def generate(self, inputs: Tensor | None = None, generation_config: GenerationConfig | None = None,

@@ -28,7 +28,7 @@ from selmem.memory.layer import layer_stats as layer_stats_of
 from selmem.memory.read import Read
 from selmem.memory.select import Select
 from selmem.memory.stacked import stack_parts, write_layers
-from selmem.objective import Objective
+from selmem.memory.objective import Objective
 from selmem.state import MemoryState, NonFiniteState
 
 
@@ -126,7 +126,7 @@ class SelectiveMemoryTransformer(nn.Module):
     @property
     def objective(self) -> Objective:
         """The training objective of this model's config: the loss weights, their sum and head B's
-        teacher (objective.py). Read from ``cfg`` on every call, so a changed config is seen."""
+        teacher (memory/objective.py). Read from ``cfg`` on every call, so a changed config is seen."""
         return Objective(self.cfg)
 
     @property
@@ -324,7 +324,7 @@ class SelectiveMemoryTransformer(nn.Module):
             return out
         if answer_mask.shape != x.shape[:2]:
             raise ValueError(f"answer_mask has shape {tuple(answer_mask.shape)}, tokens {tuple(x.shape[:2])}")
-        # head B's teacher, computed by the objective from this window's outputs (objective.py)
+        # head B's teacher, computed by the objective from this window's outputs (memory/objective.py)
         out.losses = self.objective.teacher(out.losses, out.scores, out.stats, out.reads, self.probe, tokens,
                                             self.cfg.resolve_segment_len(segment_len), answer_mask, answer_targets,
                                             answer_count)

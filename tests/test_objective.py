@@ -1,4 +1,4 @@
-"""The training objective (selmem/objective.py, issue 27 item 1): computed from the model's outputs,
+"""The training objective (selmem/memory/objective.py, issue 27 item 1): computed from the model's outputs,
 it is exactly what forward_sequence's teacher path and the training step give, and it makes a
 MemoryStack hosted in another model learn recall that cross-entropy alone does not."""
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selmem import MemoryStack, SelectiveMemoryTransformer
-from selmem.objective import WEIGHTS, Objective
+from selmem.memory.objective import WEIGHTS, Objective
 from selmem.tasks import MQARTask
 from tests.helpers import tiny_cfg
 

@@ -52,7 +52,7 @@ def step_loss(model: Any, host: Any, batch: Any, segment_len: int, teacher: bool
     """The loss a trainer's step (Trainer._step) backpropagates, minus its fault checks: the task
     loss plus the auxiliary ones, selmem's teacher included unless ``teacher`` is False. host:
     the batch on the host (its checks read values there), batch: the same on the device."""
-    from selmem.objective import Objective
+    from selmem.memory.objective import Objective
     from selmem.train.loop import forward_kwargs, host_checks, reset_kwargs, task_loss
 
     n = host_checks(model, host)

@@ -187,13 +187,20 @@ def probe_losses(probe: RetrievalProbe, tokens: Tensor, scores: list[Tensor], se
     ce = F.cross_entropy(logits.float(), answer_targets[row, pos])
     if reduce == "auto":  # row is a host-sized tensor: its length costs no sync
         reduce = "max" if 2 * row.shape[0] > answer_mask.numel() else "sum"
-    per = attn / attn.amax(-1, keepdim=True).clamp_min(1e-9) if reduce == "peak" else attn
-    per, attn = per[:, 1:], attn[:, 1:]
-    empty = torch.zeros_like(scores[0], dtype=attn.dtype)
-    target = (empty.index_add(0, row, per).clamp(max=1.0) if reduce == "sum"
-              else empty.scatter_reduce(0, row[:, None].expand_as(per), per, "amax"))
+    target = teacher_target(attn, row, scores[0].shape[0], reduce)
     bce = torch.stack([F.binary_cross_entropy_with_logits(s, target.to(s.dtype)) for s in scores]).mean()
-    return ce, bce, attn
+    return ce, bce, attn[:, 1:]
+
+
+def teacher_target(attn: Tensor, row: Tensor, batch: int, reduce: str) -> Tensor:
+    """Head B's target (batch, N) from the probe's retrieval attention attn (A, 1+N) at the A
+    answers (the null entry first) of rows ``row`` (A,): 'sum', 'max' or 'peak' as in
+    ``probe_losses`` (where 'auto' is resolved)."""
+    per = attn / attn.amax(-1, keepdim=True).clamp_min(1e-9) if reduce == "peak" else attn
+    per = per[:, 1:]
+    empty = per.new_zeros(batch, per.shape[1])
+    return (empty.index_add(0, row, per).clamp(max=1.0) if reduce == "sum"
+            else empty.scatter_reduce(0, row[:, None].expand_as(per), per, "amax"))
 
 
 def read_teacher_loss(stats: dict[str, Any], reads: list[Tensor], attn: Tensor, row: Tensor, pos: Tensor,

@@ -40,7 +40,7 @@ from selmem.memory.compress import Candidates, Compress
 from selmem.memory.read import Read
 from selmem.memory.select import Select, budget
 from selmem.memory.update import Written, update
-from selmem.objective import Objective
+from selmem.memory.objective import Objective
 from selmem.state import MemoryState
 
 
@@ -385,7 +385,7 @@ class MemoryStack(nn.Module):
             raise ValueError(f"segments must be a non-empty list of per-segment lists of the {L} layers' stats")
         out = {k: torch.stack([torch.stack([lay["losses"][k] for lay in seg]).mean() for seg in segments]).mean()
                for k in ("sparsity", "reconstruction", "score_bound")}
-        objective = Objective(cfg)  # the weights and the teacher, as the built-in model's (objective.py)
+        objective = Objective(cfg)  # the weights and the teacher, as the built-in model's (memory/objective.py)
         out["aux"] = objective.weigh(out)
         if answer_mask is None:
             return out

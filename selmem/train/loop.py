@@ -25,7 +25,7 @@ from selmem.baselines import params, train_only_params
 from selmem.experiment import ExperimentConfig, build
 from selmem.files import writing
 from selmem.metrics import memory_metrics
-from selmem.objective import Objective
+from selmem.memory.objective import Objective
 from selmem.state import NonFiniteState
 from selmem.tasks.base import LOWER_IS_BETTER, Batch, Task
 from selmem.train import checkpoint, dist, run

@@ -22,7 +22,7 @@ import sys
 import torch
 
 from selmem.experiment import ExperimentConfig, build
-from selmem.memory.credit import answer_positions
+from selmem.memory.credit import answer_positions, teacher_target
 from selmem.train.checkpoint import load_model_weights
 
 torch.set_num_threads(1)
@@ -39,9 +39,7 @@ for tag in ("best", "last"):
     for batch in task.test_set(4, 32):
         with torch.no_grad():
             out = model.forward_sequence(batch.tokens, T)
-            _, attn_null = model.probe(batch.tokens, T, batch.loss_mask, with_null=True)
-        attn = attn_null[:, 1:]
-        peak = (attn_null / attn_null.amax(-1, keepdim=True).clamp_min(1e-9))[:, 1:]
+            _, attn = model.probe(batch.tokens, T, batch.loss_mask, with_null=True)
         pred = out.logits.argmax(-1)
         for r, row in enumerate(batch.tokens.tolist()):
             bound: dict[int, list[int]] = {}
@@ -60,11 +58,11 @@ for tag in ("best", "last"):
                     stale[0] += 1
                     stale[1] += int(pred[r, p] == first[row[p]])
         row_i, _ = answer_positions(batch.loss_mask)
-        target = torch.zeros(batch.tokens.shape).index_add(0, row_i, attn).clamp(max=1.0)
+        target = teacher_target(attn, row_i, batch.tokens.shape[0], "sum")
         rel = batch.relevant
         gates["target"].append((target[rel].mean(), target[~rel].mean()))
         if model.cfg.probe_target == "peak":
-            tp = torch.zeros(batch.tokens.shape).scatter_reduce(0, row_i[:, None].expand_as(peak), peak, "amax")
+            tp = teacher_target(attn, row_i, batch.tokens.shape[0], "peak")
             gates["peak"].append((tp[rel].mean(), tp[~rel].mean()))
         tok = batch.tokens
         is_set = tok == S
