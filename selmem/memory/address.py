@@ -16,12 +16,16 @@ segment is addressed in parallel); update.py then applies the writes in order.
                This is the DNC's usage-sorted allocation made parallel over a segment.
   With ``write_new='allocate'`` the mix is a competition instead: a candidate's content logits
   on the slots that hold written content (usage >= 0.1; an emptier slot gets log(usage / 0.1),
-  an unwritten one about -14) compete in one softmax with a learned "new fact" logit
-  ``v . c_t + b``; what goes to "new" is allocated, and the allocation target m_t counts the
-  earlier candidates that were selected (g > 0.5) and went to "new". So a candidate overwrites a
-  slot only where it matches what the slot holds, and distinct new facts of one segment take
-  distinct free slots. With the learned mix, a fresh memory's (meaningless) content similarity
-  sent most candidates of a segment to the same 2-3 slots (docs/FINDINGS.md section 12).
+  a slot never written, usage < 1e-4, none) compete in one softmax with a learned "new fact"
+  logit ``v . c_t + b``; what goes to "new" is allocated, and the allocation target m_t counts
+  the earlier candidates that were selected (g > 0.5) and went to "new". So a candidate
+  overwrites a slot only where it matches what the slot holds, and distinct new facts of one
+  segment take distinct free slots. With the learned mix, a fresh memory's (meaningless) content
+  similarity sent most candidates of a segment to the same 2-3 slots (docs/FINDINGS.md section 12).
+  The content logits here are a bounded match, the DNC's cosine similarity times a strength
+  ``CONTENT_MAX * sigmoid(tau)``: with a dot product they grew in training to 26 on a fresh
+  memory, beat the unwritten slots' penalty and "new" alike, and one seed of three wrote all of
+  a segment's facts into 1-2 slots (FINDINGS 12, "The write's content logits ran away").
   With ``address_weights='top1'`` each candidate writes only into the slot of its largest w
   (forward one-hot, gradient of the soft w: straight-through), so a write never erases a little
   of every slot. A near-uniform soft w at initialisation does exactly that: with 8 slots and a
@@ -36,6 +40,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selmem.config import SelmemConfig
@@ -89,11 +94,16 @@ def rank_weights(ranks: Tensor, target: Tensor, temperature: float) -> Tensor:
     return (-dist.pow(2) / temperature).softmax(-1)
 
 
+CONTENT_MAX = 10.0
+"""The largest content logit of write_new='allocate' (a perfect match at full strength)."""
+
+
 def attention(a: Address, cand: Tensor, gate: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
               pos: Tensor) -> Tensor:
+    if a.allocate:  # a bounded match: cosine similarity times a learned strength in (0, CONTENT_MAX)
+        sim = F.normalize(a.q(cand), dim=-1) @ F.normalize(a.k(slots), dim=-1).transpose(1, 2)  # (B, C, M)
+        return content_or_allocate(a, cand, gate, CONTENT_MAX * torch.sigmoid(a.sharpness) * sim, usage, age)
     logits = a.q(cand) @ a.k(slots).transpose(1, 2) / math.sqrt(cand.shape[-1])  # (B, C, M)
-    if a.allocate:
-        return content_or_allocate(a, cand, gate, logits * a.sharpness.exp(), usage, age)
     content = NORMALISE[a.weights](logits * a.sharpness.exp())
     M = slots.shape[1]
     target = gate_mass_before(gate).remainder(M)
@@ -107,7 +117,9 @@ def content_or_allocate(a: Address, cand: Tensor, gate: Tensor, logits: Tensor, 
     """write_new='allocate': softmax over [content logits on written slots; a "new fact" logit],
     the "new" mass allocated to the next free slot, counting only selected new candidates."""
     M = logits.shape[-1]
-    occupied = (usage.detach() / 0.1).clamp(1e-6, 1.0).log()  # (B, M): 0 for a written slot
+    u = usage.detach()
+    # (B, M): 0 for a written slot, log(u / 0.1) for a partly written one, -inf for a slot never written
+    occupied = torch.where(u >= 1e-4, (u / 0.1).clamp(1e-4, 1.0).log(), float("-inf"))
     p = torch.cat([logits + occupied[:, None, :], a.mix(cand)], dim=-1).softmax(-1)  # (B, C, M+1)
     content, new = p[..., :M], p[..., M:]  # (B, C, M), (B, C, 1)
     selected = (gate.detach() > 0.5).to(gate.dtype) * (new[..., 0].detach() > 0.5).to(gate.dtype)
@@ -149,7 +161,7 @@ class Address(nn.Module):
             self.mix = nn.Linear(cfg.d_mem, 1)  # the content/allocation mix, or the "new fact" logit
             if self.allocate:  # "new" starts as likely as all M written slots together
                 nn.init.constant_(self.mix.bias, math.log(cfg.slots))
-            self.sharpness = nn.Parameter(torch.zeros(()))  # learned log inverse temperature
+            self.sharpness = nn.Parameter(torch.zeros(()))  # learned log inverse temperature (allocate: the logit of the content strength)
 
     @property
     def row_axes(self) -> dict[str, int]:

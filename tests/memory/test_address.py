@@ -273,3 +273,20 @@ def test_allocate_sends_distinct_new_facts_to_distinct_free_slots_and_updates_by
     full["slots"][:, 2] = cand[:, 0]
     w = a(cand, gate, **full, pos=torch.arange(C).expand(B, C))
     assert (w[:, 0].argmax(-1) == 2).all(), "an update goes to the slot that holds its fact"
+
+
+def test_allocate_content_logits_are_bounded_so_a_fresh_memory_always_takes_new_slots():
+    """write_new='allocate' with the content weights grown 100-fold and the strength at its
+    largest (what one seed's training reached with a dot-product match: logits of 26 on a fresh
+    memory, all of a segment's facts in 1-2 slots): a slot never written is never a content
+    target, however well it matches, so distinct new facts still take distinct slots."""
+    torch.manual_seed(0)
+    a = Address(tiny_cfg(address="attention", address_weights="top1", write_new="allocate"), 0).double()
+    with torch.no_grad():
+        a.q.weight.mul_(100), a.k.weight.mul_(100), a.sharpness.fill_(20.0)
+    B, C = 2, 3
+    cand = torch.randn(B, C, D, dtype=dt)
+    gate = torch.ones(B, C, dtype=dt)
+    slots = cand[:, :1].expand(B, M, D).clone()  # every slot matches candidate 0 perfectly
+    w = a(cand, gate, slots, torch.zeros(B, M, dtype=dt), torch.zeros(B, M, dtype=dt), torch.arange(C).expand(B, C))
+    assert all(len(set(r.tolist())) == C for r in w.argmax(-1)), w.argmax(-1)
