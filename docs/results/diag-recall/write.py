@@ -1,0 +1,92 @@
+"""Why a stream-layout run's answers fail: the write of the opening pairs, and the read at the
+answers. For runs/NAME's checkpoint TAG (default last), on one test batch of 32 rows:
+
+- per layer, on segment 0: head B's mean gate on the opening pairs' values, keys and on the other
+  tokens of the segment; a value candidate's share of slot content after the segment's writes
+  (``contrib`` summed over slots: 1 = it owns a slot, small = later writes of the segment took
+  its slot); into how many distinct slots the pairs' values go (of ``num_pairs``);
+- the write address on the fresh memory (write_new='allocate' only): the probability of "new"
+  at the selected candidates, their "new fact" logit and their largest content logit;
+- per layer, at the answers after segment 0: the read teacher's mass (how much of what the probe
+  retrieves the layer's slots still hold) and how often the read's most-read slot is the
+  teacher's.
+
+    .venv/bin/python docs/results/diag-recall/write.py runs/NAME [TAG]
+
+Read by docs/FINDINGS.md section 12.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import selmem.memory.address as address
+from selmem.experiment import ExperimentConfig, build
+from selmem.memory.credit import answer_positions
+from selmem.train.checkpoint import load_model_weights
+
+torch.set_num_threads(1)
+run, tag = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "last")
+exp = ExperimentConfig.from_yaml(f"{run}/config.yaml").resolved()
+model, task = build(exp)
+load_model_weights(f"{run}/ckpt/{tag}", model)  # the probe's weights too: it gives the read's target
+model.eval()
+T, M, P = task.segment_len, model.cfg.slots, task.num_pairs
+calls = []
+plain = address.content_or_allocate
+
+
+def spy(a, cand, gate, logits, usage, age):  # records the first (fresh-memory) call's competition
+    occupied = (usage / 0.1).clamp(1e-6, 1.0).log()
+    occupied = torch.where(usage >= 1e-4, occupied, float("-inf")) if hasattr(address, "CONTENT_MAX") else occupied
+    p = torch.cat([logits + occupied[:, None, :], a.mix(cand)], dim=-1).softmax(-1)
+    calls.append((gate, p[..., M], a.mix(cand)[..., 0], logits.amax(-1)))
+    return plain(a, cand, gate, logits, usage, age)
+
+
+address.content_or_allocate = spy
+batch = task.test_set(1, 32)[0]
+with torch.no_grad():
+    out = model.forward_sequence(batch.tokens, T)
+    _, attn = model.probe(batch.tokens, T, batch.loss_mask)
+print(f"{run} {tag}: accuracy {float((out.logits.argmax(-1) == batch.targets)[batch.loss_mask].float().mean()):.3f}")
+B = batch.tokens.shape[0]
+values = torch.zeros_like(batch.tokens, dtype=torch.bool)
+values[:, 1 : 2 * P : 2] = True
+keys = torch.zeros_like(values)
+keys[:, 0 : 2 * P : 2] = True
+segs = out.stats["segments"]
+for l in range(len(segs[0]["layers"])):
+    lay = segs[0]["layers"][l]
+    g, share, slot = lay["gate"], lay["contrib"].sum(-1), lay["contrib"].argmax(-1)  # (B, T), (B, C), (B, C)
+    v, k = values.gather(1, lay["cand_pos"]), keys.gather(1, lay["cand_pos"])
+    other = ~(values | keys)[:, :T]
+    distinct = sum(len(set(slot[b][v[b]].tolist())) for b in range(B)) / B
+    print(f"L{l} segment 0: gate on values {g[values[:, :T]].mean():.3f}, keys {g[keys[:, :T]].mean():.3f}, "
+          f"others {g[other].mean():.3f}; a value's share of slot content {share[v].mean():.3f} "
+          f"(a key's {share[k].mean():.3f}); the {P} values go into {distinct:.1f} distinct slots")
+if calls:
+    gate, new, mix, top = calls[0]
+    sel = gate > 0.5
+    print(f"fresh memory, selected candidates (all layers): p(new) {new[sel].mean():.3f}, new-fact logit "
+          f"{mix[sel].mean():.2f}, largest content logit {top[sel].mean():.2f}")
+row, pos = answer_positions(batch.loss_mask)
+later = pos >= T
+for l, read in enumerate(out.reads):
+    r = read[row, pos, :M]
+    target = torch.zeros_like(r)
+    cand_pos, shares = [], []
+    for s, seg in enumerate(segs):
+        lay = seg["layers"][l]
+        if shares:
+            at = attn.gather(1, torch.cat(cand_pos, 1)[row].clamp(max=attn.shape[1] - 1))
+            here = (pos // T == s).to(r.dtype)[:, None]
+            target = target + here * torch.einsum("ac,acm->am", at, torch.cat(shares, 1)[row])
+        shares = [sh * lay["kept"][:, None, :] for sh in shares]
+        cand_pos.append(lay["cand_pos"])
+        shares.append(lay["contrib"])
+    agree = (r.argmax(-1) == target.argmax(-1))[later].float().mean()
+    print(f"L{l} answers after segment 0: teacher's mass {target.sum(-1)[later].mean():.3f}, most-read slot is "
+          f"the teacher's {agree:.3f}, read mass on own slots {r.sum(-1)[later].mean():.3f}")
