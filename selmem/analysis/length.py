@@ -47,7 +47,10 @@ class LengthConfig:
     """Models of the comparison to evaluate (runs of other models are skipped), or variants of an
     ablation by their run names less the seed (selmem forgetting-off)."""
     batches: int = 4
-    """Test batches per length (of the run's batch size)."""
+    """Test batches per length (of ``batch_size`` rows)."""
+    batch_size: int = 0
+    """Rows per test batch; 0 = the run's training batch size. Smaller keeps an evaluation at
+    thousands of segments to minutes: the time of a length grows with its rows times its segments."""
     ckpt: str = "best"
     """Which checkpoint of each run: best or last (missing or damaged: the run's newest good one,
     named on stderr and in results.md)."""
@@ -116,14 +119,15 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
         if task.name not in STRETCH:
             raise ValueError(f"task {task.name} has no length to stretch; length works on {sorted(STRETCH)}")
         seg = exp.segment_len()
+        rows = lc.batch_size or exp.train.batch_size
         for n in lc.segments:
             t0 = time.time()
-            acc = stream_accuracy(model, STRETCH[task.name](task, n, seg), seg, lc.batches, exp.train.batch_size)
+            acc = stream_accuracy(model, STRETCH[task.name](task, n, seg), seg, lc.batches, rows)
             if lc.model_set and exp.arch == "selmem":
                 label += f" ({', '.join(lc.model_set)})"
             out.append({"task": task.name, "model": label, "seed": exp.train.seed, "segments": n, "accuracy": acc,
                         "trained_segments": task.seq_len // seg, "chance": task.chance,
-                        "checkpoint": str(used)})
+                        "checkpoint": str(used), "rows": lc.batches * rows})
             print(f"  {run_dir.name:<12} {n:>4} segments: accuracy {acc:.3f} ({time.time() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
     return out
@@ -175,6 +179,12 @@ def plot(out_dir: Path, points: list[dict[str, Any]], task: str) -> Path:
 
 
 def length(folders: str | Path | list[str | Path], lc: LengthConfig) -> tuple[Path, str]:
+    for name in ("batches", "batch_size"):
+        if getattr(lc, name) < (1 if name == "batches" else 0):
+            raise ValueError(f"--length.{name.replace('_', '-')} must be >= {1 if name == 'batches' else 0} "
+                             f"(0 = the run's batch size), got {getattr(lc, name)}")
+    if not lc.segments or min(lc.segments) < 1:
+        raise ValueError(f"--length.segments must be numbers >= 1, got {lc.segments}")
     specs = []
     for spec in folders if isinstance(folders, list) else [folders]:
         path, _, only = str(spec).partition(":")

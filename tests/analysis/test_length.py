@@ -67,6 +67,12 @@ def test_length_writes_a_cell_per_model_and_length(tmp_path):
     _, table3 = length([f"{folder}:txl", str(folder)], LengthConfig(segments=[2], models=["selmem"], batches=1,
                                                                       name=str(tmp_path / "l3")))
     assert [line.split("|")[1].strip() for line in table3.splitlines()[2:4]] == ["txl", "selmem"]
+    out4, _ = length(folder, LengthConfig(segments=[3], models=["selmem"], batches=2, batch_size=3,
+                                          name=str(tmp_path / "l4")))
+    assert [p["rows"] for p in json.loads((out4 / "results.json").read_text())["points"]] == [6]
+    for bad in (dict(batch_size=-1), dict(batches=0), dict(segments=[0])):
+        with pytest.raises(ValueError, match="--length."):
+            length(folder, replace(LengthConfig(segments=[2], batches=1, name=str(tmp_path / "l5")), **bad))
 
 
 def test_model_overrides_reach_the_model_and_bad_ones_are_named(tmp_path):
