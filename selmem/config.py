@@ -29,6 +29,7 @@ Sparsity = Literal["target", "l1", "budget"]
 CreditGrad = Literal["trunk", "head"]
 GateGrad = Literal["task", "teacher"]
 ProbeTarget = Literal["auto", "sum", "max", "peak"]
+ReadTarget = Literal["share", "top1"]
 Credit = Literal["none", "read", "probe"]
 AddressWeights = Literal["softmax", "sparsemax", "top1"]
 NonFinite = Literal["stop", "skip"]
@@ -182,6 +183,10 @@ class SelmemConfig:
     """Weight of the read teacher (credit='probe' only; memory/credit.py ``read_teacher_loss``): at
     each answer, the read over a layer's own slots is pulled toward the slots holding what the
     probe retrieves there, so the read learns where a fact is as full attention does."""
+    read_target: ReadTarget = "share"
+    """The read teacher's target over a layer's slots at an answer: 'share' = each slot's share of
+    what the probe retrieves there (a distribution); 'top1' = the slot holding most of it alone
+    (a decision: the cross-entropy can reach 0 where the read finds the fact)."""
     score_margin: float = 4.0
     """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
 

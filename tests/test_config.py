@@ -42,6 +42,7 @@ def test_every_option_field_is_checked():
         "probe_target",
         "read_query",
         "write_new",
+        "read_target",
     }
 
 

@@ -282,3 +282,27 @@ def test_read_teacher_pulls_the_read_toward_the_slot_holding_the_probes_target()
 
     assert loss(2) < loss(0)
     assert loss(2) == pytest.approx(-torch.tensor(1.0 / 1.03).log().item(), rel=1e-5)
+
+
+def test_read_target_top1_is_the_slot_holding_most_of_what_the_probe_retrieves_alone():
+    """read_target='top1': the probe retrieves positions 0 and 1 (0.3, 0.7), held by slots 1 and 2.
+    'share' asks the read for 0.3 / 0.7 (a floor at their entropy); 'top1' for slot 2 alone, so a
+    read all on slot 2 costs nearly nothing and one on slot 1 costs more than under 'share'."""
+    from selmem.memory.credit import read_teacher_loss
+
+    B, T, M, N = 1, 2, 4, 4
+    contrib = torch.zeros(B, T, M)
+    contrib[0, 0, 1] = contrib[0, 1, 2] = 1.0
+    lay = dict(contrib=contrib, kept=torch.ones(B, M), cand_pos=torch.arange(T)[None])
+    stats = {"segments": [{"layers": [lay]}, {"layers": [dict(lay, cand_pos=torch.arange(T, 2 * T)[None])]}]}
+    attn = torch.zeros(1, N)
+    attn[0, 0], attn[0, 1] = 0.3, 0.7
+    row, pos = torch.tensor([0]), torch.tensor([3])
+
+    def loss(slot: int, top1: bool) -> float:
+        read = torch.full((B, N, M), 1e-6)
+        read[0, 3, slot] = 1.0
+        return read_teacher_loss(stats, [read], attn, row, pos, T, M, top1=top1).item()
+
+    assert loss(2, True) < 1e-4 < 0.3 < loss(2, False)
+    assert loss(1, True) > loss(1, False)
