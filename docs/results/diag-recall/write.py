@@ -9,7 +9,9 @@ answers. For runs/NAME's checkpoint TAG (default last), on one test batch of 32 
   at the selected candidates, their "new fact" logit and their largest content logit;
 - per layer, at the answers after segment 0: the read teacher's mass (how much of what the probe
   retrieves the layer's slots still hold) and how often the read's most-read slot is the
-  teacher's.
+  teacher's;
+- the answers by the binding they answer: one of the opening pairs, or a later re-binding
+  (``rebind``), and how often a re-bound key gets its opening value (stale).
 
     .venv/bin/python docs/results/diag-recall/write.py runs/NAME [TAG]
 
@@ -90,3 +92,18 @@ for l, read in enumerate(out.reads):
     agree = (r.argmax(-1) == target.argmax(-1))[later].float().mean()
     print(f"L{l} answers after segment 0: teacher's mass {target.sum(-1)[later].mean():.3f}, most-read slot is "
           f"the teacher's {agree:.3f}, read mass on own slots {r.sum(-1)[later].mean():.3f}")
+pred = out.logits.argmax(-1)
+tally = {"opening": [0, 0, 0], "re-binding": [0, 0, 0]}  # answers, right, stale
+for r in range(B):
+    seq = batch.tokens[r].tolist()
+    opening = {seq[2 * i]: seq[2 * i + 1] for i in range(P)}
+    for p in batch.loss_mask[r].nonzero().flatten().tolist():
+        k, v = seq[p], int(batch.targets[r, p])
+        j = max(i for i in range(p - 1) if seq[i] == k and seq[i + 1] == v)  # the binding answered
+        t = tally["opening" if j < 2 * P else "re-binding"]
+        t[0] += 1
+        t[1] += int(pred[r, p]) == v
+        t[2] += j >= 2 * P and int(pred[r, p]) == opening.get(k)
+for kind, (n, right, stale) in tally.items():
+    if n:
+        print(f"answers of {kind}s: {n}, right {right / n:.3f}" + (f", stale {stale / n:.3f}" if kind != "opening" else ""))
