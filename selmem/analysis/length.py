@@ -179,10 +179,10 @@ def plot(out_dir: Path, points: list[dict[str, Any]], task: str) -> Path:
 
 
 def length(folders: str | Path | list[str | Path], lc: LengthConfig) -> tuple[Path, str]:
-    for name in ("batches", "batch_size"):
-        if getattr(lc, name) < (1 if name == "batches" else 0):
-            raise ValueError(f"--length.{name.replace('_', '-')} must be >= {1 if name == 'batches' else 0} "
-                             f"(0 = the run's batch size), got {getattr(lc, name)}")
+    if lc.batches < 1:
+        raise ValueError(f"--length.batches must be >= 1, got {lc.batches}")
+    if lc.batch_size < 0:
+        raise ValueError(f"--length.batch-size must be >= 0 (0 = the run's batch size), got {lc.batch_size}")
     if not lc.segments or min(lc.segments) < 1:
         raise ValueError(f"--length.segments must be numbers >= 1, got {lc.segments}")
     specs = []

@@ -161,7 +161,8 @@ class Address(nn.Module):
             self.mix = nn.Linear(cfg.d_mem, 1)  # the content/allocation mix, or the "new fact" logit
             if self.allocate:  # "new" starts as likely as all M written slots together
                 nn.init.constant_(self.mix.bias, math.log(cfg.slots))
-            self.sharpness = nn.Parameter(torch.zeros(()))  # learned log inverse temperature (allocate: the logit of the content strength)
+            # learned log inverse temperature (allocate: the logit of the content strength)
+            self.sharpness = nn.Parameter(torch.zeros(()))
 
     @property
     def row_axes(self) -> dict[str, int]:
