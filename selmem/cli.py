@@ -102,8 +102,11 @@ def _reject(event: Any, cls: Any, args: list[str]) -> None:
         flags = [t for t in event.tokens if t.startswith("-")]
         if not flags:
             raise ValueError(f"unexpected argument {event.tokens[0]!r} (see {event.prog} --help)")
-        close = difflib.get_close_matches(flags[0].split("=")[0].replace("_", "-"), sorted(_flags(cls)), n=1)
+        first = flags[0].split("=")[0].replace("_", "-")
+        close = difflib.get_close_matches(first, sorted(_flags(cls)), n=1)
         hint = f"did you mean {close[0]}?" if close else f"see {event.prog} --help"
+        if close and close[0] == first:  # a real flag on the wrong side of a subcommand
+            hint = _flag_order_hint(args, first) or hint
         raise ValueError(f"unknown flag{'s' * (len(flags) > 1)} {', '.join(flags)} ({hint})")
     if name == "MissingArgs":
         missing = [f"argument {a.arg.lowered.name_or_flags[0]}" if a.arg.is_positional() else
@@ -111,6 +114,24 @@ def _reject(event: Any, cls: Any, args: list[str]) -> None:
         raise ValueError(f"missing {', '.join(missing)} (see {event.prog} --help)")
     if name == "BadValue" and event.reason == "too_few_values":
         raise ValueError(f"{flag} needs a value")
+
+
+def _flag_order_hint(args: list[str], flag: str) -> str | None:
+    """Where ``flag`` belongs relative to the subcommand (``exp.task:mqar``) in ``args``, if one is given.
+
+    tyro reads a subcommand's flags only after it and the other flags only before it.
+    """
+    subs = [i for i, a in enumerate(args) if ":" in a and not a.startswith("-")]
+    at = next((i for i, a in enumerate(args) if a.split("=")[0].replace("_", "-") == flag), None)
+    if at is None:
+        return None
+    if not subs:
+        group = flag.lstrip("-").rsplit(".", 1)[0]
+        return f"{flag} belongs to a subcommand: give {group}:NAME before it (see --help)"
+    sub = args[subs[0]]
+    if at < subs[0]:
+        return f"{flag} belongs to the subcommand: give it after {sub}"
+    return f"{flag} is not a flag of {sub}: give it before {sub}"
 
 
 def _given(args: list[str], flags: tuple[str, ...]) -> str | None:
