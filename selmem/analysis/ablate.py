@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from selmem.analysis.compare import fmt_metric, metric_keys, new_folder, run_all, summarise
+from selmem.analysis.compare import command_lines, extended, fmt_metric, metric_keys, new_folder, run_all, summarise
 from selmem.experiment import ExperimentConfig
 from selmem.tasks.base import PERCENT_METRICS
 
@@ -55,7 +55,8 @@ class AblateConfig:
     """Folder under train.out_dir; empty = ablate-<task>-<timestamp>."""
     extend: bool = False
     """Add to the existing folder ``name`` (more seeds or variants, same base config): finished
-    runs are read back, not trained again; the table covers every run asked for."""
+    runs are read back, not trained again; the table covers the folder's earlier variants and
+    seeds with this call's."""
 
 
 @dataclass
@@ -157,7 +158,7 @@ def write_report(out_dir: Path, results: list[dict[str, Any]], base: ExperimentC
     table = markdown_table(rows)
     (out_dir / "results.json").write_text(json.dumps({"kind": "ablate", "rows": rows, "runs": results}, indent=1))
     (out_dir / "results.md").write_text(
-        f"# ablations on {base.task.name}\n\nCommand: `{' '.join(['selmem', *sys.argv[1:]])}`\n\n{table}\n")
+        f"# ablations on {base.task.name}\n\n{command_lines(out_dir)}\n\n{table}\n")
     try:
         plot(out_dir, rows, base.task.name)
     except ImportError:
@@ -169,6 +170,7 @@ def ablate(base: ExperimentConfig, ac: AblateConfig) -> tuple[Path, str]:
     """Train every (variant, seed) of ``ac`` on ``base``'s task and budget; write the report."""
     check(ac)  # bad variants fail before any folder exists
     out_dir = new_folder(base, ac.name, "ablate", ac.extend)
+    ac = extended(out_dir, ac, "ablate.json", ("variants", "seeds"))
     planned = plan(base, ac, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")
     (out_dir / "ablate.json").write_text(json.dumps(asdict(ac), indent=1))

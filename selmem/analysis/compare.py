@@ -50,7 +50,7 @@ class CompareConfig:
     extend: bool = False
     """Add to the existing folder ``name`` (more seeds or models, same base config): a run whose
     folder already holds results.json for the same experiment is read back, not trained again,
-    and the report covers every run asked for."""
+    and the report covers the folder's earlier models and seeds with this call's."""
 
 
 @dataclass
@@ -212,7 +212,7 @@ def write_report(out_dir: Path, results: list[dict[str, Any]], base: ExperimentC
         writer.writerows(rows)
     (out_dir / "results.md").write_text(
         f"# {base.task.name}: {', '.join(r['model'] for r in rows)}\n\n"
-        f"Command: `{' '.join(['selmem', *sys.argv[1:]])}`\n\n{table}\n")
+        f"{command_lines(out_dir)}\n\n{table}\n")
     try:
         from selmem.analysis.plots import plot_compare
 
@@ -256,6 +256,36 @@ def new_folder(base: ExperimentConfig, name: str, kind: str, extend: bool = Fals
     return out_dir
 
 
+def extended(out_dir: Path, cfg: Any, plan_file: str, lists: tuple[str, ...]) -> Any:
+    """``cfg`` with each field of ``lists`` joined to the folder's earlier plan (``plan_file``,
+    written by the calls before), so that an extended folder's report covers every run it holds,
+    not only the runs this call asked for. Without ``cfg.extend`` or an earlier plan: ``cfg``."""
+    old_file = out_dir / plan_file
+    if not cfg.extend or not old_file.is_file():
+        return cfg
+    old = json.loads(old_file.read_text())
+    return replace(cfg, **{k: list(dict.fromkeys([*old.get(k, []), *getattr(cfg, k)])) for k in lists})
+
+
+def commands(out_dir: Path) -> list[str]:
+    """Every command that wrote into ``out_dir``, this one last (kept in ``commands.txt``)."""
+    path = out_dir / "commands.txt"
+    done = path.read_text().splitlines() if path.is_file() else []
+    this = " ".join(["selmem", *sys.argv[1:]])
+    if not done or done[-1] != this:
+        path.write_text("\n".join([*done, this]) + "\n")
+        done.append(this)
+    return done
+
+
+def command_lines(out_dir: Path) -> str:
+    """The report's line(s) naming the command(s) that made the folder."""
+    done = commands(out_dir)
+    if len(done) == 1:
+        return f"Command: `{done[0]}`"
+    return "Commands (the folder was extended):\n\n" + "\n".join(f"- `{c}`" for c in done)
+
+
 def compare(base: ExperimentConfig, cc: CompareConfig) -> tuple[Path, str]:
     """Train every (model, seed) of ``cc`` on ``base``'s task and budget; write the report."""
     unknown = [m for m in cc.models if m not in ARCHS]
@@ -264,6 +294,9 @@ def compare(base: ExperimentConfig, cc: CompareConfig) -> tuple[Path, str]:
     if not cc.seeds:
         raise ValueError("compare needs at least one seed")
     out_dir = new_folder(base, cc.name, "compare", cc.extend)
+    if cc.extend and cc.slots != json.loads((out_dir / "compare.json").read_text()).get("slots", cc.slots):
+        raise ValueError("--compare.extend keeps the folder's --compare.slots sweep; give the same sizes")
+    cc = extended(out_dir, cc, "compare.json", ("models", "seeds"))
     exps = plan(base, cc, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")
     (out_dir / "compare.json").write_text(json.dumps(asdict(cc), indent=1))

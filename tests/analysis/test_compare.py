@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -190,6 +191,23 @@ def test_extend_adds_seeds_and_reads_finished_runs_back(tmp_path, keep_threads, 
         compare(other, CompareConfig(models=["local"], workers=1, name="c", extend=True))
     with pytest.raises(FileNotFoundError, match="needs an existing --compare.name folder"):
         compare(base, CompareConfig(models=["local"], workers=1, name="nothing-here", extend=True))
+
+
+def test_extend_with_another_model_keeps_the_folders_earlier_runs_in_its_report(tmp_path, keep_threads, monkeypatch):
+    """Extending with a model the folder lacks adds its rows to the earlier ones (it wrote a table
+    of the new model alone, which hid the folder's other runs), and the page names both commands."""
+    base = smoke(tmp_path, steps=2, eval_every=2)
+    monkeypatch.setattr(sys, "argv", ["selmem", "compare", "--compare.models", "local"])
+    compare(base, CompareConfig(models=["local"], seeds=[0], workers=1, name="c"))
+    monkeypatch.setattr(sys, "argv", ["selmem", "compare", "--compare.models", "lstm", "--compare.extend"])
+    out_dir, table = compare(base, CompareConfig(models=["lstm"], seeds=[0], workers=1, name="c", extend=True))
+    assert [r["model"] for r in json.loads((out_dir / "results.json").read_text())["rows"]] == ["local", "lstm"]
+    assert json.loads((out_dir / "compare.json").read_text())["models"] == ["local", "lstm"]
+    assert "| local |" in table and "| lstm |" in table
+    page = (out_dir / "results.md").read_text()
+    assert "Commands (the folder was extended)" in page and "--compare.models local`" in page, page
+    with pytest.raises(ValueError, match="keeps the folder's --compare.slots sweep"):
+        compare(base, CompareConfig(models=["selmem"], seeds=[0], workers=1, name="c", extend=True, slots=[2]))
 
 
 def test_a_folder_mixing_old_and_new_results_still_writes_its_report(tmp_path):
