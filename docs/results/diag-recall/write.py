@@ -5,6 +5,9 @@ answers. For runs/NAME's checkpoint TAG (default last), on one test batch of 32 
   tokens of the segment; a value candidate's share of slot content after the segment's writes
   (``contrib`` summed over slots: 1 = it owns a slot, small = later writes of the segment took
   its slot); into how many distinct slots the pairs' values go (of ``num_pairs``);
+- per layer, in each later segment: what is left of the opening values' slot content when the
+  segment starts, head B's gate on the later bindings' tokens (re-bindings) and on the other
+  tokens, and how many other tokens a row pass 0.5;
 - the write address on the fresh memory (write_new='allocate' only): the probability of "new"
   at the selected candidates, their "new fact" logit and their largest content logit;
 - per layer, at the answers after segment 0: the read teacher's mass (how much of what the probe
@@ -69,6 +72,21 @@ for l in range(len(segs[0]["layers"])):
     print(f"L{l} segment 0: gate on values {g[values[:, :T]].mean():.3f}, keys {g[keys[:, :T]].mean():.3f}, "
           f"others {g[other].mean():.3f}; a value's share of slot content {share[v].mean():.3f} "
           f"(a key's {share[k].mean():.3f}); the {P} values go into {distinct:.1f} distinct slots")
+rebound = batch.relevant.clone()
+rebound[:, : 2 * P] = False  # the later bindings' two tokens
+for l in range(len(segs[0]["layers"])):
+    held = segs[0]["layers"][l]["contrib"]  # (B, C, M): segment 0's candidates in the slots
+    v0 = values.gather(1, segs[0]["layers"][l]["cand_pos"])
+    parts = []
+    for s in range(1, len(segs)):
+        lay, span = segs[s]["layers"][l], slice(s * T, (s + 1) * T)
+        g, reb = lay["gate"], rebound[:, span]
+        other, odd = ~reb, (torch.arange(T) % 2 == 1)[None, :]  # a binding's value sits at an odd position
+        parts.append(f"seg {s}: opening values' share {held.sum(-1)[v0].mean():.3f}, gate on later bindings' "
+                     f"key / value {g[reb & ~odd].mean():.3f} / {g[reb & odd].mean():.3f}, on others {g[other].mean():.3f} "
+                     f"({float((g > 0.5)[other].sum()) / B:.1f} a row past 0.5)")
+        held = held * lay["kept"][:, None, :]
+    print(f"L{l} later segments: " + "; ".join(parts))
 if calls:
     gate, new, mix, top = calls[0]
     sel = gate > 0.5
