@@ -5,6 +5,8 @@ answers. For runs/NAME's checkpoint TAG (default last), on one test batch of 32 
   tokens of the segment; a value candidate's share of slot content after the segment's writes
   (``contrib`` summed over slots: 1 = it owns a slot, small = later writes of the segment took
   its slot); into how many distinct slots the pairs' values go (of ``num_pairs``);
+- head B's target from the probe (the teacher's, ``probe_target``) on the opening values, on the
+  later bindings' key and value and on the other tokens;
 - per layer, in each later segment: what is left of the opening values' slot content when the
   segment starts, head B's gate on the later bindings' tokens (re-bindings) and on the other
   tokens, and how many other tokens a row pass 0.5;
@@ -29,7 +31,7 @@ import torch
 
 import selmem.memory.address as address
 from selmem.experiment import ExperimentConfig, build
-from selmem.memory.credit import answer_positions
+from selmem.memory.credit import answer_positions, teacher_target
 from selmem.train.checkpoint import load_model_weights
 
 torch.set_num_threads(1)
@@ -74,6 +76,14 @@ for l in range(len(segs[0]["layers"])):
           f"(a key's {share[k].mean():.3f}); the {P} values go into {distinct:.1f} distinct slots")
 rebound = batch.relevant.clone()
 rebound[:, : 2 * P] = False  # the later bindings' two tokens
+if model.cfg.credit == "probe":  # head B's target, as the teacher computes it
+    _, nattn = model.probe(batch.tokens, T, batch.loss_mask, with_null=True)
+    goal = teacher_target(nattn, answer_positions(batch.loss_mask)[0], B, model.cfg.probe_target)
+    odd_all = (torch.arange(goal.shape[1]) % 2 == 1)[None, :]
+    rest = ~(batch.relevant | values)
+    print(f"teacher's target ({model.cfg.probe_target}): opening values {goal[values & batch.relevant].mean():.3f}, "
+          f"later bindings' key / value {goal[rebound & ~odd_all].mean():.3f} / {goal[rebound & odd_all].mean():.3f}, "
+          f"others {goal[rest].mean():.3f}")
 for l in range(len(segs[0]["layers"])):
     held = segs[0]["layers"][l]["contrib"]  # (B, C, M): segment 0's candidates in the slots
     v0 = values.gather(1, segs[0]["layers"][l]["cand_pos"])
