@@ -9,7 +9,8 @@ answers. For runs/NAME's checkpoint TAG (default last), on one test batch of 32 
   later bindings' key and value and on the other tokens;
 - per layer, in each later segment: what is left of the opening values' slot content when the
   segment starts, head B's gate on the later bindings' tokens (re-bindings) and on the other
-  tokens, and how many other tokens a row pass 0.5;
+  tokens, and how many other tokens a row pass 0.5; a re-binding value's share of slot content and
+  how often its largest share lands in the slot of its key's opening value (content overwrite);
 - the write address on the fresh memory (write_new='allocate' only): the probability of "new"
   at the selected candidates, their "new fact" logit and their largest content logit;
 - per layer, at the answers after segment 0: the read teacher's mass (how much of what the probe
@@ -97,6 +98,25 @@ for l in range(len(segs[0]["layers"])):
                      f"({float((g > 0.5)[other].sum()) / B:.1f} a row past 0.5)")
         held = held * lay["kept"][:, None, :]
     print(f"L{l} later segments: " + "; ".join(parts))
+    # where a re-binding's value goes: over its key's opening value (content overwrite) or elsewhere
+    home = {}  # (row, key) -> the slot of its opening value in segment 0
+    lay0 = segs[0]["layers"][l]
+    for b in range(B):
+        for c, p in enumerate(lay0["cand_pos"][b].tolist()):
+            if p < 2 * P and p % 2 == 1:
+                home[b, int(batch.tokens[b, p - 1])] = int(lay0["contrib"][b, c].argmax())
+    same = n = share = 0.0
+    for s_ in range(1, len(segs)):
+        lay = segs[s_]["layers"][l]
+        for b in range(B):
+            for c, p in enumerate(lay["cand_pos"][b].tolist()):
+                if p % 2 == 1 and bool(rebound[b, p]) and (b, int(batch.tokens[b, p - 1])) in home:
+                    n += 1
+                    share += float(lay["contrib"][b, c].sum())
+                    same += int(lay["contrib"][b, c].argmax()) == home[b, int(batch.tokens[b, p - 1])]
+    if n:
+        print(f"L{l} re-binding values: {int(n)}, share of slot content {share / n:.3f}, into their key's "
+              f"opening slot {same / n:.3f}")
 if calls:
     gate, new, mix, top = calls[0]
     sel = gate > 0.5
