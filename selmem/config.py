@@ -20,6 +20,7 @@ import yaml
 Read = Literal["on", "off"]
 ReadBias = Literal["none", "usage"]
 ReadQuery = Literal["rotary", "plain"]
+ReadRecency = Literal["off", "rank"]
 WriteNew = Literal["mix", "allocate"]
 Select = Literal["soft", "hard", "topk", "threshold", "all"]
 Compress = Literal["linear", "avgpool", "maxpool", "attnpool", "none"]
@@ -75,6 +76,12 @@ class SelmemConfig:
     read_bias: ReadBias = "none"
     """'usage': each read logit on slot j gets alpha * log(usage_j / mean usage), so the read
     prefers what was strongly selected and head B learns from the reads (memory/read.py)."""
+    read_recency: ReadRecency = "off"
+    """'rank': each read logit on slot j gets -beta * (slot j's age rank among the layer's slots,
+    0 = newest, 1 = oldest), beta learned per layer (1 at init): of two slots that match a query
+    alike, the newer is read, as recency does for full attention when a key was bound twice.
+    Bounded and scale-free, so an old fact on a long stream pays no more than at the trained
+    length (memory/read.py)."""
     select: Select = "soft"
     """Head B: 'soft' sigmoid, 'hard' Gumbel-sigmoid straight-through, 'topk' per-segment budget,
     'threshold' learned threshold, 'all' g=1 (ablation)."""

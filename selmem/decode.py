@@ -288,7 +288,8 @@ def _open(model, cache: DecodeCache) -> None:
     state = cache.state
     hints = model.cache_transform(state.slots)  # (L, B, R, d_mem) or None
     for l, block in enumerate(model.blocks):
-        prefix, bias = read_prefix(model.read[l], state.slots[l], state.usage[l], None if hints is None else hints[l])
+        prefix, bias = read_prefix(model.read[l], state.slots[l], state.usage[l], None if hints is None else hints[l],
+                                   state.age[l])
         pkv = block.prefix_kv(prefix)  # (B, H, S, D) each, or None
         if len(cache.layers) == l:
             _allocate(model, cache, block, 0 if pkv is None else pkv[0].shape[2], bias is not None)

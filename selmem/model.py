@@ -171,7 +171,8 @@ class SelectiveMemoryTransformer(nn.Module):
         ys, reads = [], []
         for l, block in enumerate(self.blocks):
             hint = None if hints is None else hints[l]
-            prefix, bias = read_prefix(self.read[l], state.slots[l], state.usage[l], hint)  # memory before the writes
+            # the memory as it was before this segment's writes
+            prefix, bias = read_prefix(self.read[l], state.slots[l], state.usage[l], hint, state.age[l])
             h, read = self._block(block, h, prefix, bias)  # head A: (B, T, d), read attention (B, T, M+R)
             ys.append(h)
             reads.append(read)

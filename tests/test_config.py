@@ -43,6 +43,7 @@ def test_every_option_field_is_checked():
         "read_query",
         "write_new",
         "read_target",
+        "read_recency",
     }
 
 

@@ -18,6 +18,7 @@ VARIANTS = [
     pytest.param(dict(address="fifo", meta_cache=True, short_conv=0), id="fifo-meta-noconv"),
     pytest.param(dict(read="off"), id="read-off"),
     pytest.param(dict(read_query="plain", read_bias="usage"), id="plain-query-bias"),
+    pytest.param(dict(read_query="plain", read_recency="rank", write_new="allocate"), id="plain-recency-allocate"),
     pytest.param(dict(short_conv=2, cache_transform="none"), id="conv2-no-hints"),
 ]
 

@@ -94,6 +94,7 @@ FAST_VARIANTS = [
     *VARIANTS[:4],  # read on (hints, no hints, meta-cache) and off
     pytest.param(dict(read_bias="usage"), id="read-bias"),  # a prefix bias rides in SDPA's extra channel
     pytest.param(dict(read_bias="usage", cache_transform="none", credit="read"), id="bias-nohints-readcredit"),
+    pytest.param(dict(read_recency="rank", read_bias="usage"), id="recency-and-usage-bias"),
 ]
 
 

@@ -67,10 +67,11 @@ class Write(NamedTuple):
     rec: Tensor       # () reconstruction loss
 
 
-def read_prefix(read: Read, slots: Tensor, usage: Tensor, hints: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-    """slots (B, M, d_mem), usage (B, M), hints (B, R, d_mem) or None -> the prefix the layer's
-    tokens read (B, M+R, d) (None with read='off') and its additive read bias (B, M+R) or None."""
-    return read(slots, hints), read.bias(usage, 0 if hints is None else hints.shape[1])
+def read_prefix(read: Read, slots: Tensor, usage: Tensor, hints: Tensor | None,
+                age: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """slots (B, M, d_mem), usage and age (B, M), hints (B, R, d_mem) or None -> the prefix the
+    layer's tokens read (B, M+R, d) (None with read='off') and its additive read bias (B, M+R) or None."""
+    return read(slots, hints), read.bias(usage, 0 if hints is None else hints.shape[1], age)
 
 
 def write(parts: Parts, cfg: SelmemConfig, y: Tensor, slots: Tensor, usage: Tensor, age: Tensor,
@@ -234,7 +235,8 @@ class SelectiveMemory(nn.Module):
     def prefix(self, state: MemoryState, hints: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """The prefix (B, M+R, d) a host block reads, and its read bias (B, M+R) or None."""
         l = self.layer_idx
-        return read_prefix(self.parts.read, state.slots[l], state.usage[l], None if hints is None else hints[l])
+        return read_prefix(self.parts.read, state.slots[l], state.usage[l], None if hints is None else hints[l],
+                           state.age[l])
 
     def forward(self, h: Tensor, state: MemoryState | StreamState | None = None, hints: Tensor | None = None,
                 read_attn: Tensor | None = None

@@ -13,6 +13,16 @@ from the slot's usage u_j (the gate-weighted content it holds plus the reads it 
 the read prefers what head B said was worth keeping, and head B gets a gradient from every read
 (credit from the read), not only through the content it wrote. Equal usages give b = 0, so an
 empty memory reads as without the bias; alpha is learned per layer (1 at init).
+
+With ``read_recency='rank'`` the bias also gets
+
+    - beta * rank_j,   rank_j = (#{i: a_i < a_j} + #{i != j: a_i = a_j} / 2) / (M - 1)
+
+from the slots' ages a (segments since written, update.py): 0 for the newest slot, 1 for the
+oldest, ties shared, so a fresh memory (all ages equal) gets the same bias on every slot. When a
+key was bound twice and both bindings sit in slots that match its query alike, the newer is
+read. A rank, not the age itself: the bias is bounded by beta, so on a stream far longer than
+the trained one an old fact is penalised no more than the oldest fact was in training.
 """
 
 from __future__ import annotations
@@ -35,13 +45,21 @@ class Read(nn.Module):
         self.up_hint = nn.Linear(cfg.d_mem, cfg.d_model) if hints else None
         biased = self.enabled and cfg.read_bias == "usage"
         self.alpha = nn.Parameter(torch.ones(())) if biased else None
+        recency = self.enabled and cfg.read_recency == "rank"
+        self.beta = nn.Parameter(torch.ones(())) if recency else None
 
-    def bias(self, usage: Tensor, n_hints: int) -> Tensor | None:
-        """usage (B, M) -> (B, M + n_hints) additive read logits, or None without read_bias."""
-        if self.alpha is None:
+    def bias(self, usage: Tensor, n_hints: int, age: Tensor | None = None) -> Tensor | None:
+        """usage, age (B, M) -> (B, M + n_hints) additive read logits, or None with neither bias."""
+        if self.alpha is None and self.beta is None:
             return None
-        eps = 0.01
-        b = self.alpha * ((usage + eps).log() - (usage.mean(1, keepdim=True) + eps).log())
+        b = usage.new_zeros(usage.shape)
+        if self.alpha is not None:
+            eps = 0.01
+            b = b + self.alpha * ((usage + eps).log() - (usage.mean(1, keepdim=True) + eps).log())
+        if self.beta is not None:
+            if age is None:
+                raise ValueError("read_recency='rank' reads the slots' ages: pass age to Read.bias")
+            b = b - self.beta * age_rank(age.detach())
         return torch.cat([b, b.new_zeros(b.shape[0], n_hints)], dim=1)
 
     def forward(self, slots: Tensor, hints: Tensor | None) -> Tensor | None:
@@ -52,3 +70,11 @@ class Read(nn.Module):
             parts.append(self.up_hint(hints))  # (B, R, d)
         return torch.cat(parts, dim=1)
 
+
+def age_rank(age: Tensor) -> Tensor:
+    """age (B, M) -> (B, M) in [0, 1]: the share of the other slots that are newer, ties counted
+    half (0 = the newest slot, 1 = the oldest; all equal -> 0.5 everywhere)."""
+    m = age.shape[1]
+    newer = (age[:, :, None] > age[:, None, :]).sum(-1)  # (B, M): for each j, the slots i with a_i < a_j
+    tied = (age[:, :, None] == age[:, None, :]).sum(-1) - 1
+    return (newer + 0.5 * tied).to(age.dtype) / max(m - 1, 1)
