@@ -256,14 +256,18 @@ def new_folder(base: ExperimentConfig, name: str, kind: str, extend: bool = Fals
     return out_dir
 
 
-def extended(out_dir: Path, cfg: Any, plan_file: str, lists: tuple[str, ...]) -> Any:
+def extended(out_dir: Path, cfg: Any, plan_file: str, lists: tuple[str, ...], same: tuple[str, ...] = ()) -> Any:
     """``cfg`` with each field of ``lists`` joined to the folder's earlier plan (``plan_file``,
     written by the calls before), so that an extended folder's report covers every run it holds,
-    not only the runs this call asked for. Without ``cfg.extend`` or an earlier plan: ``cfg``."""
+    not only the runs this call asked for; a field of ``same`` must equal the earlier plan's.
+    Without ``cfg.extend`` or an earlier plan: ``cfg``."""
     old_file = out_dir / plan_file
     if not cfg.extend or not old_file.is_file():
         return cfg
-    old = json.loads(old_file.read_text())
+    old, kind = json.loads(old_file.read_text()), plan_file.split(".")[0]
+    for k in same:
+        if getattr(cfg, k) != old.get(k, getattr(cfg, k)):
+            raise ValueError(f"--{kind}.extend keeps the folder's --{kind}.{k} sweep {old[k]}; give the same")
     return replace(cfg, **{k: list(dict.fromkeys([*old.get(k, []), *getattr(cfg, k)])) for k in lists})
 
 
@@ -294,9 +298,7 @@ def compare(base: ExperimentConfig, cc: CompareConfig) -> tuple[Path, str]:
     if not cc.seeds:
         raise ValueError("compare needs at least one seed")
     out_dir = new_folder(base, cc.name, "compare", cc.extend)
-    if cc.extend and cc.slots != json.loads((out_dir / "compare.json").read_text()).get("slots", cc.slots):
-        raise ValueError("--compare.extend keeps the folder's --compare.slots sweep; give the same sizes")
-    cc = extended(out_dir, cc, "compare.json", ("models", "seeds"))
+    cc = extended(out_dir, cc, "compare.json", ("models", "seeds"), same=("slots",))
     exps = plan(base, cc, out_dir)
     base.resolved().to_yaml(out_dir / "base_config.yaml")
     (out_dir / "compare.json").write_text(json.dumps(asdict(cc), indent=1))

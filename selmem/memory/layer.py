@@ -68,7 +68,7 @@ class Write(NamedTuple):
 
 
 def read_prefix(read: Read, slots: Tensor, usage: Tensor, hints: Tensor | None,
-                age: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+                age: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """slots (B, M, d_mem), usage and age (B, M), hints (B, R, d_mem) or None -> the prefix the
     layer's tokens read (B, M+R, d) (None with read='off') and its additive read bias (B, M+R) or None."""
     return read(slots, hints), read.bias(usage, 0 if hints is None else hints.shape[1], age)

@@ -48,18 +48,17 @@ class Read(nn.Module):
         recency = self.enabled and cfg.read_recency == "rank"
         self.beta = nn.Parameter(torch.ones(())) if recency else None
 
-    def bias(self, usage: Tensor, n_hints: int, age: Tensor | None = None) -> Tensor | None:
+    def bias(self, usage: Tensor, n_hints: int, age: Tensor) -> Tensor | None:
         """usage, age (B, M) -> (B, M + n_hints) additive read logits, or None with neither bias."""
-        if self.alpha is None and self.beta is None:
-            return None
-        b = usage.new_zeros(usage.shape)
+        b = None
         if self.alpha is not None:
             eps = 0.01
-            b = b + self.alpha * ((usage + eps).log() - (usage.mean(1, keepdim=True) + eps).log())
+            b = self.alpha * ((usage + eps).log() - (usage.mean(1, keepdim=True) + eps).log())
         if self.beta is not None:
-            if age is None:
-                raise ValueError("read_recency='rank' reads the slots' ages: pass age to Read.bias")
-            b = b - self.beta * age_rank(age.detach())
+            recency = self.beta * age_rank(age.detach())
+            b = -recency if b is None else b - recency
+        if b is None:
+            return None
         return torch.cat([b, b.new_zeros(b.shape[0], n_hints)], dim=1)
 
     def forward(self, slots: Tensor, hints: Tensor | None) -> Tensor | None:
