@@ -194,6 +194,13 @@ class SelmemConfig:
     """The read teacher's target over a layer's slots at an answer: 'share' = each slot's share of
     what the probe retrieves there (a distribution); 'top1' = the slot holding most of it alone
     (a decision: the cross-entropy can reach 0 where the read finds the fact)."""
+    read_mass: bool = False
+    """The read teacher also teaches *how much* to read the memory: at each answer, the read's
+    total attention on the layer's own slots (against the segment's tokens) is pulled toward
+    m = min(1, the share of what the probe retrieves that the memory still holds), by a binary
+    cross-entropy. The slot target renormalises the read over the slots, so alone it teaches
+    which slot and never how strongly (on the 16-pair state point the read found the right slot
+    at 95-100% of the answers with 0.28-0.35 of its attention: docs/FINDINGS.md 12)."""
     score_margin: float = 4.0
     """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
 
@@ -230,6 +237,9 @@ class SelmemConfig:
                      "age_weight", "lambda_credit", "probe_layers", "lambda_read"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.read_mass and (self.lambda_read == 0 or self.credit != "probe"):
+            raise ValueError("read_mass is a term of the read teacher, so it needs credit='probe' and "
+                             f"lambda_read > 0 (got credit={self.credit!r}, lambda_read={self.lambda_read})")
         if self.gate_grad == "teacher" and (self.credit == "none" or self.lambda_credit == 0):
             raise ValueError("gate_grad='teacher' trains head B from its teacher only, so it needs "
                              f"credit 'read' or 'probe' and lambda_credit > 0 (got credit={self.credit!r}, "

@@ -204,7 +204,7 @@ def teacher_target(attn: Tensor, row: Tensor, batch: int, reduce: str) -> Tensor
 
 
 def read_teacher_loss(stats: dict[str, Any], reads: list[Tensor], attn: Tensor, row: Tensor, pos: Tensor,
-                      segment_len: int, slots: int, top1: bool = False) -> Tensor:
+                      segment_len: int, slots: int, top1: bool = False, mass_term: bool = False) -> Tensor:
     """The read teacher: at every answer, a layer's read over its own slots is pulled toward the
     slots that hold what the probe retrieves there (``lambda_read``).
 
@@ -218,7 +218,9 @@ def read_teacher_loss(stats: dict[str, Any], reads: list[Tensor], attn: Tensor, 
     ``m_a = sum_j t_aj`` is how much of what the probe retrieves the memory still holds. The loss
     is the cross-entropy of t_a / m_a against the read renormalised over the M own slots, weighted
     by min(m_a, 1) and averaged over the answers outside the first segment (top1: of the one-hot of
-    argmax_j t_aj instead, ``read_target``). It teaches the read
+    argmax_j t_aj instead, ``read_target``). mass_term (``read_mass``): each such answer adds the binary
+    cross-entropy of the read's total on the M slots, sum_j r_aj (the rest of a joint softmax is on
+    the segment's tokens and the hints), toward min(m_a, 1), unweighted. It teaches the read
     what full attention attends to at an answer (where the fact is), not what it says; the
     gradient reaches the queries, the prefix keys and the slots' content, hence the write."""
     segs = stats["segments"]
@@ -246,5 +248,9 @@ def read_teacher_loss(stats: dict[str, Any], reads: list[Tensor], attn: Tensor, 
             ce = -(p.gather(1, target.argmax(-1, keepdim=True))[:, 0] + 1e-9).log()  # (A,)
         else:
             ce = -(target / mass[:, None].clamp_min(1e-9) * (p + 1e-9).log()).sum(-1)  # (A,)
-        terms.append((later * mass.clamp(max=1.0) * ce).sum() / later.sum().clamp_min(1.0))
+        loss = mass.clamp(max=1.0) * ce
+        if mass_term:
+            held = r.sum(-1).clamp(1e-6, 1 - 1e-6)  # (A,) the read's attention on the slots, live
+            loss = loss + F.binary_cross_entropy(held, mass.clamp(max=1.0).to(held.dtype), reduction="none")
+        terms.append((later * loss).sum() / later.sum().clamp_min(1.0))
     return torch.stack(terms).mean()

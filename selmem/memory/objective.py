@@ -89,7 +89,8 @@ class Objective:
             if cfg.lambda_read > 0 and reads is not None and reads[0] is not None:
                 row, pos = credit.answer_positions(answer_mask, answer_count)
                 out["read"] = credit.read_teacher_loss(stats, reads, attn, row, pos, segment_len, cfg.slots,
-                                                        top1=cfg.read_target == "top1")
+                                                        top1=cfg.read_target == "top1",
+                                                        mass_term=cfg.read_mass)
                 out["aux"] = out["aux"] + cfg.lambda_read * out["read"]
         out["credit"] = c
         out["aux"] = out["aux"] + cfg.lambda_credit * c

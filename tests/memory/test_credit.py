@@ -306,3 +306,37 @@ def test_read_target_top1_is_the_slot_holding_most_of_what_the_probe_retrieves_a
 
     assert loss(2, True) < 1e-4 < 0.3 < loss(2, False)
     assert loss(1, True) > loss(1, False)
+
+
+def test_read_mass_teaches_how_much_to_read_the_memory_not_only_which_slot():
+    """read_mass: the slot target renormalises the read over the slots, so a read with 0.1 of its
+    attention on the right slot costs as much as one with 0.9 there. With the mass term the
+    stronger read costs less where the memory holds the fact (m = 1), and the weaker one where
+    it holds none of it (m = 0: the slot that would hold it was never written)."""
+    from selmem.memory.credit import read_teacher_loss
+
+    B, T, M, N = 1, 2, 4, 4
+    attn = torch.zeros(1, N)
+    attn[0, 1] = 1.0  # the answer at position 3 retrieves position 1
+    row, pos = torch.tensor([0]), torch.tensor([3])
+
+    def loss(on_slot: float, held: float, mass_term: bool) -> float:
+        contrib = torch.zeros(B, T, M)
+        contrib[0, 1, 2] = held  # position 1's share of slot 2
+        lay = dict(contrib=contrib, kept=torch.ones(B, M), cand_pos=torch.arange(T)[None])
+        stats = {"segments": [{"layers": [lay]}, {"layers": [dict(lay, cand_pos=torch.arange(T, 2 * T)[None])]}]}
+        read = torch.zeros(B, N, M + 1)
+        read[0, 3, 2] = on_slot  # the rest of the read is on the segment's own tokens
+        return read_teacher_loss(stats, [read], attn, row, pos, T, M, mass_term=mass_term).item()
+
+    assert loss(0.1, 1.0, False) == pytest.approx(loss(0.9, 1.0, False), abs=1e-6)
+    assert loss(0.9, 1.0, True) < loss(0.1, 1.0, True)
+    assert loss(0.1, 0.0, True) < loss(0.9, 0.0, True)
+
+
+def test_read_mass_without_the_read_teacher_is_refused():
+    from selmem.config import SelmemConfig
+
+    with pytest.raises(ValueError, match="read_mass is a term of the read teacher"):
+        SelmemConfig(credit="probe", read_mass=True).validate()
+    SelmemConfig(credit="probe", lambda_read=1.0, read_mass=True).validate()
