@@ -181,12 +181,14 @@ def selection_recall(stats: dict[str, Any], relevant: Tensor,
 # ---------------------------------------------------------------------------------------------
 # reading
 def read_hits(stats: dict[str, Any], loss_mask: Tensor,
-              source: Tensor) -> list[tuple[int, int] | None]:
-    """Per layer: (hits, answers). An answer is a token at absolute position p of sequence b with
-    loss_mask[b, p] and source[b, p, 0] >= 0. There, j* = argmax_j read[b, t, j] over the layer's
-    own M slots (read's first M entries; the R hints after them are ignored; ties go to the
+              source: Tensor) -> list[tuple[int, int, float] | None]:
+    """Per layer: (hits, answers, mass). An answer is a token at absolute position p of sequence b
+    with loss_mask[b, p] and source[b, p, 0] >= 0. There, j* = argmax_j read[b, t, j] over the
+    layer's own M slots (read's first M entries; the R hints after them are ignored; ties go to the
     lowest j), and the answer is a hit when source[b, p, 0] <= provenance_read[b, j*] <
-    source[b, p, 1]. A layer whose read is None (read off) gives None."""
+    source[b, p, 1]; mass sums sum_j read[b, t, j] over the M slots at the answers (the rest of the
+    joint softmax is on the segment's own tokens and the hints). A layer whose read is None (read
+    off) gives None."""
     N = loss_mask.shape[1]
     out: list[tuple[int, int] | None] = []
     for l in range(num_layers(stats)):
@@ -195,6 +197,7 @@ def read_hits(stats: dict[str, Any], loss_mask: Tensor,
             out.append(None)
             continue
         hits = answers = 0
+        mass = 0.0
         for seg, read, prov in zip(segments(stats), reads, provs, strict=True):
             M, T = prov.shape[1], read.shape[1]
             pos, valid = _positions(seg, T, N)
@@ -205,7 +208,8 @@ def read_hits(stats: dict[str, Any], loss_mask: Tensor,
             p = prov.gather(1, j)  # (B, T) the input position that slot holds
             hit = scored & (p >= src[..., 0]) & (p < src[..., 1])
             hits, answers = hits + int(hit.sum()), answers + int(scored.sum())
-        out.append((hits, answers))
+            mass += float((read[..., :M].double().sum(-1) * scored).sum())
+        out.append((hits, answers, mass))
     return out
 
 
@@ -213,6 +217,14 @@ def read_hit_rate(stats: dict[str, Any], loss_mask: Tensor, source: Tensor) -> l
     """Per layer: hits / answers pooled over the batch and segments (see ``read_hits``); None when
     the layer has no read or there is no answer with a known source."""
     return [None if c is None else _ratio(c[0], c[1]) for c in read_hits(stats, loss_mask, source)]
+
+
+def read_memory_share(stats: dict[str, Any], loss_mask: Tensor, source: Tensor) -> list[float | None]:
+    """Per layer: the read's mean attention on the layer's own slots at the answers that
+    ``read_hits`` counts (the memory's share of the read where the fact is in an earlier segment);
+    None as in ``read_hit_rate``. A read can find the right slot (hit) and still take little from
+    it: docs/FINDINGS.md 12."""
+    return [None if c is None else _ratio(c[2], c[1]) for c in read_hits(stats, loss_mask, source)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +307,8 @@ def memory_metrics(stats: dict[str, Any], batch: Any = None,
     """All diagnostics as one flat dict of floats: for each metric, "L{l}/<name>" per layer and
     "<name>" = the mean over the layers where it is defined; for the read hit rate also
     "read_hit_rate_best" = the max over layers. Names: write_rate, written_per_segment,
-    slot_entropy, precision, recall (need ``batch.relevant``), read_hit_rate (needs
-    ``batch.source``), retention, age_mean, age_max, evictions_per_segment, usage_mean. Undefined values
+    slot_entropy, precision, recall (need ``batch.relevant``), read_hit_rate and
+    read_memory_share (need ``batch.source``), retention, age_mean, age_max, evictions_per_segment, usage_mean. Undefined values
     (0/0, missing stats or batch fields) are left out; ``stats`` without memory stats gives {}.
     ``batch`` is a ``selmem.tasks.base.Batch`` (or anything with the same attributes)."""
     if num_layers(stats) == 0:
@@ -312,7 +324,9 @@ def memory_metrics(stats: dict[str, Any], batch: Any = None,
         per["recall"] = selection_recall(stats, relevant, threshold)
     source, loss_mask = getattr(batch, "source", None), getattr(batch, "loss_mask", None)
     if source is not None and loss_mask is not None:
-        per["read_hit_rate"] = read_hit_rate(stats, loss_mask, source)
+        hits = read_hits(stats, loss_mask, source)
+        per["read_hit_rate"] = [None if c is None else _ratio(c[0], c[1]) for c in hits]
+        per["read_memory_share"] = [None if c is None else _ratio(c[2], c[1]) for c in hits]
     per.update(retention=retention(stats), age_mean=age_mean(stats), age_max=age_max(stats),
                evictions_per_segment=evictions_per_segment(stats), usage_mean=usage_mean(stats))
     out: dict[str, float] = {}

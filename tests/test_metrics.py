@@ -131,8 +131,10 @@ def _read_case(src_start, src_end, scored=True):
                          ids=["inside", "exact", "outside", "hint-or-other-slot"])
 def test_read_hit_rate(span, want):
     s, loss_mask, source = _read_case(*span)
-    assert metrics.read_hits(s, loss_mask, source) == [(int(want), 1)]
+    assert metrics.read_hits(s, loss_mask, source) == [(int(want), 1, pytest.approx(0.5))]
     assert metrics.read_hit_rate(s, loss_mask, source) == [want]
+    # the memory's share of the read: own slots 0.1 + 0.1 + 0.3, not the hint's 0.5
+    assert metrics.read_memory_share(s, loss_mask, source) == [pytest.approx(0.5)]
 
 
 def test_read_hit_rate_skips_unscored_unknown_source_and_read_none():
