@@ -139,18 +139,22 @@ def _train_one(exp_dict: dict[str, Any], threads: int) -> dict[str, Any]:
 
 # test metrics a table can show, with their labels; a row carries those its task reports
 METRICS = {"accuracy": "test accuracy", "exact_match": "test exact match", "bits_per_token": "test bits/token",
-           "mae": "test MAE", "r2": "test R²"}
+           "mae": "test MAE", "r2": "test R²", "bits_per_token_recall": "bits/token on distant recall",
+           "bits_per_token_rest": "bits/token on the rest"}
+# language modelling's slices (train/loop.py ``distant_recall``): where a task reports them
+SLICES = ("bits_per_token_recall", "bits_per_token_rest")
 
 
 def metric_keys(rows_or_runs: list[dict[str, Any]]) -> list[str]:
     """The metrics a table shows: the task's headline metric first (accuracy for classification,
     whole-answer exact match for babi, bits per token for language modelling), then per-token
-    accuracy beside an exact match, and MAE and R² where the task predicts a number (molecules)."""
+    accuracy beside an exact match, MAE and R² where the task predicts a number (molecules), and
+    the bits on distant recall positions and on the rest where a language model reports them."""
     first = rows_or_runs[0]
     test = first.get("test", first)
     keys = [headline_metric(first)]
     keys += ["accuracy"] if keys[0] == "exact_match" else []
-    return keys + [k for k in ("mae", "r2") if k in test]
+    return keys + [k for k in ("mae", "r2", *SLICES) if k in test]
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,7 +166,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         runs = [r for r, n in zip(results, label, strict=True) if n == name and r["state_floats"] == floats]
         row: dict[str, Any] = {"model": name, "seeds": len(runs), "metric": headline_metric(runs[0])}
         # results written before a metric existed lack it (a folder extended later mixes both)
-        optional = [k for k in ("exact_match", "mae", "r2") if all(k in r["test"] for r in runs)]
+        optional = [k for k in ("exact_match", "mae", "r2", *SLICES) if all(k in r["test"] for r in runs)]
         for key in ["accuracy", "bits_per_token"] + optional:
             values = [r["test"][key] for r in runs]
             std_key = "bits_std" if key == "bits_per_token" else f"{key}_std"

@@ -118,6 +118,7 @@ class RetrievalProbe(nn.Module):
         self.kv = nn.Linear(d, 2 * d, bias=False)
         self.null = nn.Parameter(torch.zeros(2, d))  # key/value to attend to when nothing helps
         self.out = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.window = cfg.probe_window
 
     def forward(self, tokens: Tensor, segment_len: int, answers: Tensor,
                 count: int | None = None, with_null: bool = False) -> tuple[Tensor, Tensor]:
@@ -147,15 +148,42 @@ class RetrievalProbe(nn.Module):
         q = q.view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
         k = torch.cat([self.null[:1].expand(B, 1, d), k], dim=1).view(B, N + 1, H, D).transpose(1, 2)
         v = torch.cat([self.null[1:].expand(B, 1, d), v], dim=1).view(B, N + 1, H, D).transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2))[row, :, pos] / math.sqrt(D)  # (A, H, 1+N): one batched matmul
-        seg = torch.arange(N, device=tokens.device) // segment_len
-        allowed = torch.cat([torch.ones_like(pos)[:, None].bool(),
-                             seg[None, :] < (pos // segment_len)[:, None]], dim=1)  # (A, 1+N)
-        attn = scores.masked_fill(~allowed[:, None, :], float("-inf")).softmax(-1)  # (A, H, 1+N)
-        full = attn.new_zeros(B, N, H, N + 1).index_put((row, pos), attn)  # answers' rows, zeros elsewhere
-        o = (full.transpose(1, 2) @ v).transpose(1, 2)[row, pos].reshape(-1, d)  # (A, d)
-        mean = attn.mean(1)
+        if self.window:
+            o, mean = self._windowed(q, k, v, row, pos, segment_len)
+        else:
+            scores = (q @ k.transpose(-1, -2))[row, :, pos] / math.sqrt(D)  # (A, H, 1+N): one batched matmul
+            seg = torch.arange(N, device=tokens.device) // segment_len
+            allowed = torch.cat([torch.ones_like(pos)[:, None].bool(),
+                                 seg[None, :] < (pos // segment_len)[:, None]], dim=1)  # (A, 1+N)
+            attn = scores.masked_fill(~allowed[:, None, :], float("-inf")).softmax(-1)  # (A, H, 1+N)
+            full = attn.new_zeros(B, N, H, N + 1).index_put((row, pos), attn)  # answers' rows, zeros elsewhere
+            o = (full.transpose(1, 2) @ v).transpose(1, 2)[row, pos].reshape(-1, d)  # (A, d)
+            mean = attn.mean(1)
         return self.out(o + x[row, pos]), (mean if with_null else mean[:, 1:])
+
+    def _windowed(self, q: Tensor, k: Tensor, v: Tensor, row: Tensor, pos: Tensor,
+                  segment_len: int) -> tuple[Tensor, Tensor]:
+        """The retrieval attention of an answer in segment s over the null and segments
+        s - window .. s - 1 only (``probe_window``), one segment of queries at a time: cost
+        B*N*(window*T) instead of B*N*N. q (B, H, N, D), k/v (B, H, 1+N, D) (null first) ->
+        o (A, d) and the mean over heads (A, 1+N), zero outside each answer's window."""
+        B, H, N, D = q.shape
+        T, W = segment_len, self.window
+        o_all = q.new_zeros(B, N, H, D)
+        attn_all = q.new_zeros(B, N, 1 + N)
+        for s in range(1, -(-N // T)):  # segment 0 has no past: its answers can only take the null
+            lo, hi = max(0, s - W) * T, min(s * T, N)
+            keys = torch.cat([k[:, :, :1], k[:, :, 1 + lo : 1 + hi]], dim=2)  # (B, H, 1+n, D)
+            vals = torch.cat([v[:, :, :1], v[:, :, 1 + lo : 1 + hi]], dim=2)
+            qs = q[:, :, s * T : min((s + 1) * T, N)]  # (B, H, t, D)
+            a = (qs @ keys.transpose(-1, -2) / math.sqrt(D)).softmax(-1)  # (B, H, t, 1+n)
+            o_all[:, s * T : s * T + qs.shape[2]] = (a @ vals).transpose(1, 2)
+            m = a.mean(1)  # (B, t, 1+n)
+            attn_all[:, s * T : s * T + qs.shape[2], :1] = m[..., :1]
+            attn_all[:, s * T : s * T + qs.shape[2], 1 + lo : 1 + hi] = m[..., 1:]
+        o_all[:, :T] = v[:, :, :1].transpose(1, 2)  # segment 0's answers: all on the null
+        attn_all[:, :T, 0] = 1.0
+        return o_all[row, pos].reshape(-1, H * D), attn_all[row, pos]
 
 
 def answer_positions(mask: Tensor, count: int | None = None) -> tuple[Tensor, Tensor]:

@@ -50,6 +50,12 @@ class Batch:
     reset:     (B, N) bool, True where a new document starts in a packed row: a model that
                takes it (selmem's forward_sequence(reset=...)) starts that document with a fresh
                memory. None for rows of one document.
+    repeat_of: (B, N) long, for language modelling: at each scored position t, the earliest
+               position u < t of the same document and row whose target completes the same n-gram
+               as t's (the n bytes ending with the target), -1 where there is none. Zoology's
+               "associative recall hits"; ``selmem.train.loop.evaluate`` splits the bits per
+               token into those an earlier segment's memory must supply and the rest
+               (``recall_slices``). None where the task does not say.
     """
 
     tokens: Tensor
@@ -59,6 +65,7 @@ class Batch:
     source: Tensor | None = None
     values: Tensor | None = None
     reset: Tensor | None = None
+    repeat_of: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """Move every tensor to ``device``."""

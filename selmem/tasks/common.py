@@ -57,6 +57,7 @@ def make_batch(
     source: np.ndarray | None = None,
     values: np.ndarray | None = None,
     reset: np.ndarray | None = None,
+    repeat_of: np.ndarray | None = None,
 ) -> Batch:
     """Turn numpy arrays (B, N) / (B, N, 2) into a :class:`Batch` of long/bool torch tensors.
 
@@ -77,6 +78,9 @@ def make_batch(
         if values is None
         else torch.from_numpy(np.ascontiguousarray(np.where(loss_mask, values, 0.0), dtype=np.float32)),
         reset=None if reset is None else torch.from_numpy(np.ascontiguousarray(reset, dtype=np.bool_)),
+        repeat_of=None
+        if repeat_of is None
+        else torch.from_numpy(np.ascontiguousarray(np.where(loss_mask, repeat_of, -1), dtype=np.int64)),
     )
 
 

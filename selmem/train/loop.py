@@ -65,6 +65,20 @@ def task_loss(logits: Tensor, batch: Batch, scored: int | None = None) -> tuple[
     return loss, ((logits.argmax(-1) == target) & mask).sum(), n
 
 
+def distant_recall(batch: Batch, segment_len: int) -> Tensor | None:
+    """(B, N) bool, the scored positions whose target completes an n-gram that occurred earlier
+    only outside their own segment and the previous one (``Batch.repeat_of`` before the window
+    ``[(t // segment_len - 1) * segment_len, t]`` of position t): what a recent-window model
+    (txl's cache of one segment) cannot copy and a memory of earlier segments can. None without
+    ``repeat_of``."""
+    if batch.repeat_of is None:
+        return None
+    t = torch.arange(batch.tokens.shape[1], device=batch.tokens.device)
+    window = (t // segment_len - 1) * segment_len  # (N,) the first input position t's window holds
+    # occurrence u's last byte is input position u + 1
+    return batch.loss_mask & (batch.repeat_of >= 0) & (batch.repeat_of + 1 < window)
+
+
 def host_checks(model: nn.Module, host: Batch) -> int:
     """The checks of a training batch that read its values, made on the batch before it moves to
     the device (no device sync there): the token range, for a model that is then told so
@@ -98,10 +112,14 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
     """Loss (nats per scored token), accuracy, bits per scored token, exact match (the fraction
     of rows with a scored position whose every scored position is right: whole answers), and
     memory diagnostics averaged over the batches (token-weighted for loss and accuracy). Where the
-    batches carry ``values`` (molecules), also the MAE and R^2 of ``task.predict_values``."""
+    batches carry ``values`` (molecules), also the MAE and R^2 of ``task.predict_values``; where
+    they carry ``repeat_of`` (code-lm), the bits per token on the distant recall positions
+    (``distant_recall``: ``bits_per_token_recall``), on the rest (``bits_per_token_rest``) and the
+    recall positions' share of the scored ones (``recall_share``)."""
     was_training = model.training
     model.eval()
     total, correct, count, exact, rows = 0.0, 0, 0, 0, 0
+    sliced = {"recall": [0.0, 0], "rest": [0.0, 0]}  # nats, scored positions of each slice
     mem: dict[str, list[float]] = {}
     predicted, true = [], []
     for batch in batches:
@@ -112,6 +130,12 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
         wrong = (out.logits.argmax(-1) != batch.targets) & batch.loss_mask
         scored = batch.loss_mask.any(1)
         exact, rows = exact + int((scored & ~wrong.any(1)).sum()), rows + int(scored.sum())
+        recall = distant_recall(batch, segment_len)
+        if recall is not None:
+            ce = F.cross_entropy(out.logits.float().transpose(1, 2), batch.targets, reduction="none")  # (B, N)
+            for name, where in (("recall", recall), ("rest", batch.loss_mask & ~recall)):
+                sliced[name][0] += float(ce[where].double().sum())
+                sliced[name][1] += int(where.sum())
         if batch.values is not None and task is not None:
             predicted.append(task.predict_values(out.logits[batch.loss_mask]).double().cpu())
             true.append(batch.values[batch.loss_mask].double().cpu())
@@ -120,6 +144,9 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
     model.train(was_training)
     result = {"loss": total / count, "accuracy": correct / count, "bits_per_token": total / count / math.log(2),
               "exact_match": exact / rows}
+    if sliced["recall"][1] + sliced["rest"][1]:
+        result["recall_share"] = sliced["recall"][1] / count
+        result.update({f"bits_per_token_{name}": nats / n / math.log(2) for name, (nats, n) in sliced.items() if n})
     if predicted:
         result.update(regression_metrics(torch.cat(predicted), torch.cat(true)))
     result.update({k: sum(v) / len(v) for k, v in mem.items() if v and all(math.isfinite(x) for x in v)})

@@ -3,6 +3,8 @@ loss pushes head B's scores toward that sign; the model adds it only when asked.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -340,3 +342,36 @@ def test_read_mass_without_the_read_teacher_is_refused():
     with pytest.raises(ValueError, match="read_mass is a term of the read teacher"):
         SelmemConfig(credit="probe", read_mass=True).validate()
     SelmemConfig(credit="probe", lambda_read=1.0, read_mass=True).validate()
+
+
+def test_probe_window_wide_enough_is_the_full_retrieval_and_narrow_looks_only_back_that_far():
+    """probe_window=W: with W >= the number of segments the windowed retrieval gives the full one's
+    logits and attention (and gradients); with W = 1 an answer in segment s attends only to the
+    null and segment s - 1, so its attention elsewhere is 0."""
+    from selmem.config import SelmemConfig
+    from selmem.memory.credit import RetrievalProbe
+
+    torch.manual_seed(0)
+    T, N = 4, 16
+    cfg = SelmemConfig(vocab_size=11, d_model=16, n_heads=2, credit="probe")
+    full = RetrievalProbe(cfg)
+    wide = RetrievalProbe(replace(cfg, probe_window=N // T))
+    wide.load_state_dict(full.state_dict())
+    narrow = RetrievalProbe(replace(cfg, probe_window=1))
+    narrow.load_state_dict(full.state_dict())
+    tokens = torch.randint(0, 11, (2, N))
+    answers = torch.rand(2, N) < 0.5
+    answers[0, 1] = answers[1, 13] = True
+    (lf, af), (lw, aw) = full(tokens, T, answers, with_null=True), wide(tokens, T, answers, with_null=True)
+    assert torch.allclose(lf, lw, atol=1e-5) and torch.allclose(af, aw, atol=1e-6)
+    gf = torch.autograd.grad(lf.square().sum(), full.q.weight)[0]
+    gw = torch.autograd.grad(lw.square().sum(), wide.q.weight)[0]
+    assert torch.allclose(gf, gw, atol=1e-4)
+    an = narrow(tokens, T, answers, with_null=True)[1].detach()
+    row, pos = answers.nonzero(as_tuple=True)
+    for a, p in enumerate(pos.tolist()):
+        s = p // T
+        inside = torch.zeros(1 + N, dtype=torch.bool)
+        inside[0] = True
+        inside[1 + max(0, s - 1) * T : 1 + s * T] = True
+        assert float(an[a][~inside].abs().sum()) == 0.0 and an[a].sum().item() == pytest.approx(1.0, abs=1e-5)

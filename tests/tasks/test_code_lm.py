@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from selmem.tasks import CodeLMTask, build_task
-from selmem.tasks.code_lm import load_corpus
+from selmem.tasks.code_lm import first_repeats, load_corpus
 from selmem.tasks.stdlib import is_test_path
 
 
@@ -83,3 +86,60 @@ def test_train_sampling_prefers_long_files():
 def test_validate_names_the_field(field, params):
     with pytest.raises(ValueError, match=rf"^{field} must be"):
         build_task("code-lm", **params)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 3), min_size=2, max_size=24), min_size=1, max_size=3),
+       st.integers(1, 4), st.data())
+def test_first_repeats_points_at_the_earliest_same_ngram_of_the_same_document(rows_, n, data):
+    """first_repeats against a brute-force search: target t (byte t + 1) gets the smallest u < t
+    whose n bytes ending at u + 1 equal t's, both n-grams inside one document; -1 otherwise."""
+    L = max(len(r) for r in rows_)
+    rows = np.array([r + [0] * (L - len(r)) for r in rows_], dtype=np.int64)
+    doc = np.array([np.cumsum(data.draw(st.lists(st.booleans(), min_size=L, max_size=L))) for _ in rows_])
+    doc[rows == 0] = -1  # past a row's end: no document
+    got = first_repeats(rows, doc, n)
+
+    def gram(b, t):  # the n-gram ending at byte t + 1, or None where it leaves a document
+        lo, hi = t + 2 - n, t + 2
+        if lo < 0 or doc[b, lo] < 0 or len(set(doc[b, lo:hi])) != 1:
+            return None
+        return tuple(rows[b, lo:hi]), doc[b, lo]
+
+    for b in range(len(rows)):
+        for t in range(L - 1):
+            g = gram(b, t)
+            want = -1 if g is None else next((u for u in range(t) if gram(b, u) == g), -1)
+            assert got[b, t] == want, (b, t)
+
+
+def test_code_batches_mark_repeated_ngrams_and_only_inside_a_file():
+    task = CodeLMTask(seq_len=512, max_bytes=2_000_000)
+    for split in ("train", "test"):
+        b = task.batch(split, 0, 4)
+        rep = b.repeat_of
+        assert rep.shape == b.tokens.shape and bool((rep[~b.loss_mask] == -1).all())
+        rows, cols = (rep >= 0).nonzero(as_tuple=True)
+        assert len(rows) > 0  # source code repeats itself
+        full = torch.cat([b.tokens, b.targets[:, -1:]], dim=1)  # the row's bytes, t + 1 = target t
+        for r, t in zip(rows[:50].tolist(), cols[:50].tolist(), strict=True):
+            u = int(rep[r, t])
+            assert u < t and torch.equal(full[r, t - 6 : t + 2], full[r, u - 6 : u + 2])
+    assert CodeLMTask(seq_len=64, max_bytes=2_000_000, recall_ngram=0).batch("train", 0, 2).repeat_of is None
+
+
+def test_distant_recall_is_what_the_last_two_segments_cannot_copy():
+    """Segments of 4: at t = 9 (segment 2) the window is input positions 4..9, so a repeat whose
+    first occurrence ends at input position 3 (u = 2) is distant, one ending at 4 (u = 3) is not;
+    in segment 1 nothing is (its window starts at 0)."""
+    from selmem.tasks.base import Batch
+    from selmem.train.loop import distant_recall
+
+    N = 12
+    rep = torch.full((1, N), -1)
+    rep[0, 9], rep[0, 10], rep[0, 7] = 2, 3, 0
+    mask = torch.ones(1, N, dtype=torch.bool)
+    batch = Batch(torch.zeros(1, N, dtype=torch.long), torch.zeros(1, N, dtype=torch.long), mask, repeat_of=rep)
+    want = torch.zeros(1, N, dtype=torch.bool)
+    want[0, 9] = True
+    assert torch.equal(distant_recall(batch, 4), want)

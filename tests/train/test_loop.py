@@ -320,6 +320,32 @@ def test_exact_match_counts_whole_answers():
     assert result["exact_match"] == pytest.approx(1 / 2)
 
 
+def test_evaluate_splits_the_bits_into_distant_recall_and_the_rest():
+    """Segments of 4, 12 positions: position 9 completes a repeat whose first occurrence is out of
+    the last two segments (distant recall), position 10 one inside them; each slice's bits are its
+    own positions' cross-entropy, and the two weighted by their counts give the overall bits."""
+    import math
+
+    from selmem.tasks.base import Batch
+    from selmem.train.loop import evaluate
+
+    N = 12
+    torch.manual_seed(0)
+    logits = torch.randn(1, N, 5)
+    targets = torch.randint(0, 5, (1, N))
+    rep = torch.full((1, N), -1)
+    rep[0, 9], rep[0, 10] = 2, 3
+    batch = Batch(torch.zeros(1, N, dtype=torch.long), targets, torch.ones(1, N, dtype=torch.bool), repeat_of=rep)
+    result = evaluate(_Fixed(logits), [batch], 4, torch.device("cpu"))
+    ce = torch.nn.functional.cross_entropy(logits[0], targets[0], reduction="none") / math.log(2)
+    assert result["bits_per_token_recall"] == pytest.approx(float(ce[9]))
+    assert result["bits_per_token_rest"] == pytest.approx(float(torch.cat([ce[:9], ce[10:]]).mean()))
+    assert result["recall_share"] == pytest.approx(1 / N)
+    assert result["bits_per_token"] == pytest.approx((result["bits_per_token_recall"] + 11 * result["bits_per_token_rest"]) / N)
+    assert "recall_share" not in evaluate(_Fixed(logits), [Batch(batch.tokens, targets, batch.loss_mask)], 4,
+                                          torch.device("cpu"))
+
+
 def test_babi_is_judged_by_exact_match():
     """babi's answer bytes after the first are mostly spelling, so its headline is the whole
     answer; the other tasks keep accuracy or bits, and old results without "metric" still read."""
