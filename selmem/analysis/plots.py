@@ -67,4 +67,28 @@ def plot_compare(out_dir: Path, results: list[dict[str, Any]]) -> list[Path]:
     paths.append(out_dir / "state.png")
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
+    if all("bits_per_token_by_segment" in r["test"] for r in results):
+        paths.append(plot_position(out_dir, results))
     return paths
+
+
+def plot_position(out_dir: Path, results: list[dict[str, Any]]) -> Path:
+    """``position.png``: test bits per token in each segment of the evaluated rows (language
+    modelling: ``bits_per_token_by_segment``), a line per model, seeds averaged."""
+    plt = pyplot()
+    per: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        for i, bits in enumerate(r["test"]["bits_per_token_by_segment"]):
+            if bits is not None:
+                per[r.get("label", r["arch"])][i].append(bits)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_seg in per.items():
+        segs = sorted(by_seg)
+        ax.plot(segs, [sum(by_seg[i]) / len(by_seg[i]) for i in segs], marker="o", ms=3, label=name)
+    ax.set(xlabel="segment of the row", ylabel="test bits per token", title=f"{results[0]['task']}: bits by position")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "position.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

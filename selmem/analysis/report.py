@@ -22,7 +22,7 @@ from selmem.tasks.base import LOWER_IS_BETTER, PERCENT_METRICS
 
 # claim -> the ablation run (its folder label) that tests it at the longest evaluated length
 LONG_STREAM_CLAIMS = {"forgetting keeps the memory useful over long streams": "forgetting-off"}
-PLOTS = ("curves.png", "state.png", "ablation.png", "length.png")
+PLOTS = ("curves.png", "state.png", "position.png", "ablation.png", "length.png")
 
 # claim -> the ablation variant whose removal tests it (see ``verdicts``)
 CLAIMS = {

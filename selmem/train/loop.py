@@ -114,12 +114,14 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
     memory diagnostics averaged over the batches (token-weighted for loss and accuracy). Where the
     batches carry ``values`` (molecules), also the MAE and R^2 of ``task.predict_values``; where
     they carry ``repeat_of`` (code-lm), the bits per token on the distant recall positions
-    (``distant_recall``: ``bits_per_token_recall``), on the rest (``bits_per_token_rest``) and the
-    recall positions' share of the scored ones (``recall_share``)."""
+    (``distant_recall``: ``bits_per_token_recall``), on the rest (``bits_per_token_rest``), the
+    recall positions' share of the scored ones (``recall_share``) and the bits in each segment of
+    the row, the first first (``bits_per_token_by_segment``: does the memory keep helping?)."""
     was_training = model.training
     model.eval()
     total, correct, count, exact, rows = 0.0, 0, 0, 0, 0
     sliced = {"recall": [0.0, 0], "rest": [0.0, 0]}  # nats, scored positions of each slice
+    by_segment: list[list[float]] = []  # per segment of the row: nats, scored positions
     mem: dict[str, list[float]] = {}
     predicted, true = [], []
     for batch in batches:
@@ -136,6 +138,12 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
             for name, where in (("recall", recall), ("rest", batch.loss_mask & ~recall)):
                 sliced[name][0] += float(ce[where].double().sum())
                 sliced[name][1] += int(where.sum())
+            for i, at in enumerate(range(0, ce.shape[1], segment_len)):
+                if i == len(by_segment):
+                    by_segment.append([0.0, 0])
+                where = batch.loss_mask[:, at : at + segment_len]
+                by_segment[i][0] += float(ce[:, at : at + segment_len][where].double().sum())
+                by_segment[i][1] += int(where.sum())
         if batch.values is not None and task is not None:
             predicted.append(task.predict_values(out.logits[batch.loss_mask]).double().cpu())
             true.append(batch.values[batch.loss_mask].double().cpu())
@@ -147,6 +155,7 @@ def evaluate(model: nn.Module, batches: list[Batch], segment_len: int, device: t
     if sliced["recall"][1] + sliced["rest"][1]:
         result["recall_share"] = sliced["recall"][1] / count
         result.update({f"bits_per_token_{name}": nats / n / math.log(2) for name, (nats, n) in sliced.items() if n})
+        result["bits_per_token_by_segment"] = [nats / n / math.log(2) if n else None for nats, n in by_segment]
     if predicted:
         result.update(regression_metrics(torch.cat(predicted), torch.cat(true)))
     result.update({k: sum(v) / len(v) for k, v in mem.items() if v and all(math.isfinite(x) for x in v)})

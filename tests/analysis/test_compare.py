@@ -69,6 +69,22 @@ def test_compare_writes_table_csv_json_and_plots(tmp_path, keep_threads):
     assert ExperimentConfig.from_yaml(out_dir / "base_config.yaml").train.steps == 2
 
 
+def test_language_modelling_tables_show_the_recall_slice_and_plot_bits_by_position(tmp_path, keep_threads):
+    """On code-lm every row also carries the bits on distant recall bytes and on the rest, the
+    table shows them beside the overall bits, and position.png plots the bits per segment."""
+    from selmem.tasks import CodeLMTask
+
+    exp = replace(smoke(tmp_path, steps=2, eval_every=2, segment_len=8),
+                  task=CodeLMTask(seq_len=64, max_bytes=2_000_000))
+    out_dir, table = compare(exp, CompareConfig(models=["selmem", "local"], seeds=[0], workers=1, name="lm"))
+    assert table.splitlines()[0].startswith("| model | test bits/token | bits/token on distant recall | "
+                                            "bits/token on the rest |")
+    rows = json.loads((out_dir / "results.json").read_text())["rows"]
+    for r in rows:
+        assert 0 < r["bits_per_token_recall"] and 0 < r["bits_per_token_rest"] and "bits_per_token_recall_std" in r
+    assert (out_dir / "position.png").read_bytes()[:8] == PNG
+
+
 def test_unknown_model_is_named_before_any_work(tmp_path):
     with pytest.raises(
         ValueError, match=r"unknown model\(s\) \['transformer'\]; known: \[.*'selmem'"

@@ -342,6 +342,7 @@ def test_evaluate_splits_the_bits_into_distant_recall_and_the_rest():
     assert result["bits_per_token_rest"] == pytest.approx(float(torch.cat([ce[:9], ce[10:]]).mean()))
     assert result["recall_share"] == pytest.approx(1 / N)
     assert result["bits_per_token"] == pytest.approx((result["bits_per_token_recall"] + 11 * result["bits_per_token_rest"]) / N)
+    assert result["bits_per_token_by_segment"] == pytest.approx([float(ce[i : i + 4].mean()) for i in (0, 4, 8)])
     assert "recall_share" not in evaluate(_Fixed(logits), [Batch(batch.tokens, targets, batch.loss_mask)], 4,
                                           torch.device("cpu"))
 
