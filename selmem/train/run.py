@@ -112,6 +112,17 @@ class RunInUse(OSError):
     """Another live process holds the run folder's lock."""
 
 
+def holder_pid(fd: int, wait: float = 1.0) -> str:
+    """The pid the lock's holder wrote into the lock file, or "unknown". The holder writes it just
+    after it takes the lock, so a process refused in between waits up to ``wait`` seconds for it."""
+    deadline = time.monotonic() + wait
+    while True:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if pid or time.monotonic() > deadline:
+            return pid or "unknown"
+        time.sleep(0.01)
+
+
 class RunLock:
     """An exclusive OS lock (``fcntl.flock``) on ``run/run.lock`` while this process writes the run
     folder: a second writer (a copy of the same command, a resume of a live run) is refused by
@@ -126,7 +137,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                pid = holder_pid(fd)
                 os.close(fd)
                 raise RunInUse(f"run folder {run} is in use by another process (pid {pid}); wait for it to "
                                "end or pick another train.name") from None

@@ -86,6 +86,25 @@ def test_a_run_folder_held_by_a_lock_is_refused_by_name(tmp_path):
     train(smoke(tmp_path, name="busy"))  # free again
 
 
+def test_a_writer_refused_before_the_holder_wrote_its_pid_waits_for_it(tmp_path):
+    # the holder takes the lock, then writes its pid: a process refused in between names the pid,
+    # not "unknown" (seen in CI, two trainings started at once)
+    import fcntl
+    import threading
+
+    (tmp_path / "busy").mkdir()
+    fd = os.open(tmp_path / "busy" / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, still empty
+    writer = threading.Timer(0.2, lambda: os.pwrite(fd, b"4242\n", 0))
+    writer.start()
+    try:
+        with pytest.raises(RunInUse, match=r"\(pid 4242\)"):
+            RunLock(tmp_path / "busy")
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 HOLD = """
 import sys, time
 from pathlib import Path
