@@ -15,6 +15,7 @@ and length.png (accuracy against evaluated length).
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import sys
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import tyro
+from torch import Tensor
 
 from selmem.experiment import ExperimentConfig
 from selmem.tasks.base import Task
@@ -36,7 +39,11 @@ STRETCH: dict[str, Callable[[Task, int, int], Task]] = {
     "passkey": lambda t, n, seg: replace(t, length=n * seg),
     "selective-copy": lambda t, n, seg: replace(t, seq_len=n * seg),
     "induction": lambda t, n, seg: replace(t, seq_len=n * seg),
+    # rows of n * seg bytes tiling the held-out files at least that long, from the whole stdlib
+    "code-lm": lambda t, n, seg: replace(t, seq_len=n * seg, min_file_bytes=max(t.min_file_bytes, n * seg),
+                                         max_bytes=max(t.max_bytes, ALL_STDLIB)),
 }
+ALL_STDLIB = 1 << 40  # a max_bytes above the standard library's size: every file
 
 
 @dataclass
@@ -70,22 +77,70 @@ class LengthArgs:
     length: LengthConfig = field(default_factory=LengthConfig)
 
 
-@torch.no_grad()
 def stream_accuracy(model: torch.nn.Module, task: Task, segment_len: int, batches: int, batch_size: int) -> float:
     """Answer accuracy on ``batches`` test batches, streaming segment by segment."""
-    right = count = 0
+    return stream_eval(model, task, segment_len, batches, batch_size)["accuracy"]
+
+
+@torch.no_grad()
+def stream_eval(model: torch.nn.Module, task: Task, segment_len: int, batches: int,
+                batch_size: int) -> dict[str, float]:
+    """The test metrics of ``batches`` test batches, streamed one segment at a time with the state
+    carried (constant memory at any length; only each segment's scored cross-entropies are kept).
+
+    Always "accuracy" and "bits_per_token" over the scored positions. For language modelling
+    (``task.chance is None``) also "bits_first_half" / "bits_second_half": the bits on the rows
+    scored to their end (a file at least as long as the row), split at the row's middle, so that
+    the two halves are the same files (does the memory keep helping along a file?) and "rows_full"
+    their number; with ``repeat_of`` (code-lm) "bits_recall" / "bits_rest", the distant recall
+    positions (``train.loop.distant_recall``) and the others. A language-modelling test split
+    smaller than ``batches * batch_size`` rows is taken once, not cycled."""
+    from selmem.train.loop import distant_recall
+
+    lm = task.chance is None
+    if lm and hasattr(task, "num_test_chunks"):
+        total = task.num_test_chunks()
+        batches = min(batches, -(-total // batch_size))
+    else:
+        total = batches * batch_size
+    sums: dict[str, list[float]] = {}  # name -> [nats, positions]
+
+    def add(name: str, ce: Tensor, where: Tensor) -> None:
+        acc = sums.setdefault(name, [0.0, 0])
+        acc[0] += float(ce[where].double().sum())
+        acc[1] += int(where.sum())
+
+    right = rows_full = 0
     for i in range(batches):
-        batch = task.batch("test", i, batch_size)
+        batch = task.batch("test", i, min(batch_size, total - i * batch_size))
+        N = batch.tokens.shape[1]
+        full = batch.loss_mask.all(1, keepdim=True)  # (B, 1) rows scored to their end
+        rows_full += int(full.sum())
+        recall = distant_recall(batch, segment_len)  # (B, N) or None
         state = None
-        for start in range(0, batch.tokens.shape[1], segment_len):
-            out = model(batch.tokens[:, start : start + segment_len], state)
+        for start in range(0, N, segment_len):
+            part = slice(start, start + segment_len)
+            out = model(batch.tokens[:, part], state)
             state = out.state
-            mask = batch.loss_mask[:, start : start + segment_len]
-            if mask.any():
-                target = batch.targets[:, start : start + segment_len][mask]
-                right += int((out.logits[mask].argmax(-1) == target).sum())
-                count += int(mask.sum())
-    return right / count
+            mask = batch.loss_mask[:, part]
+            if not mask.any():
+                continue
+            ce = F.cross_entropy(out.logits.float().transpose(1, 2), batch.targets[:, part], reduction="none")
+            right += int(((out.logits.argmax(-1) == batch.targets[:, part]) & mask).sum())
+            add("all", ce, mask)
+            if lm:
+                first = torch.arange(start, start + mask.shape[1]) < N // 2  # (T,)
+                add("first_half", ce, mask & full & first)
+                add("second_half", ce, mask & full & ~first)
+            if recall is not None:
+                add("recall", ce, recall[:, part])
+                add("rest", ce, mask & ~recall[:, part])
+    nats, count = sums["all"]
+    out = {"accuracy": right / count, "bits_per_token": nats / count / math.log(2)}
+    out.update({f"bits_{k}": v[0] / v[1] / math.log(2) for k, v in sums.items() if k != "all" and v[1]})
+    if lm:
+        out["rows_full"] = rows_full
+    return out
 
 
 def wanted(label: str, arch: str, models: list[str]) -> bool:
@@ -122,37 +177,62 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
         rows = lc.batch_size or exp.train.batch_size
         for n in lc.segments:
             t0 = time.time()
-            acc = stream_accuracy(model, STRETCH[task.name](task, n, seg), seg, lc.batches, rows)
+            got = stream_eval(model, STRETCH[task.name](task, n, seg), seg, lc.batches, rows)
             if lc.model_set and exp.arch == "selmem":
                 label += f" ({', '.join(lc.model_set)})"
-            out.append({"task": task.name, "model": label, "seed": exp.train.seed, "segments": n, "accuracy": acc,
+            out.append({"task": task.name, "model": label, "seed": exp.train.seed, "segments": n, **got,
                         "trained_segments": task.seq_len // seg, "chance": task.chance,
                         "checkpoint": str(used), "rows": lc.batches * rows})
-            print(f"  {run_dir.name:<12} {n:>4} segments: accuracy {acc:.3f} ({time.time() - t0:.0f} s)",
+            key = metric(out[-1:])
+            print(f"  {run_dir.name:<12} {n:>4} segments: {key} {got[key]:.3f} ({time.time() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
     return out
 
 
-def summarise(points: list[dict[str, Any]]) -> dict[str, dict[int, tuple[float, float, int]]]:
-    """model -> segments -> (mean, std, seeds) of the accuracy."""
+def metric(points: list[dict[str, Any]]) -> str:
+    """The points' headline figure: bits per token for language modelling (no chance level), else
+    accuracy."""
+    return "bits_per_token" if points[0]["chance"] is None else "accuracy"
+
+
+def summarise(points: list[dict[str, Any]], key: str = "accuracy") -> dict[str, dict[int, tuple[float, float, int]]]:
+    """model -> segments -> (mean, std, seeds) of the figure ``key`` (points without it are left out)."""
     table: dict[str, dict[int, tuple[float, float, int]]] = {}
     for model in dict.fromkeys(p["model"] for p in points):
-        for n in sorted({p["segments"] for p in points if p["model"] == model}):
-            accs = [p["accuracy"] for p in points if p["model"] == model and p["segments"] == n]
+        for n in sorted({p["segments"] for p in points if p["model"] == model and key in p}):
+            accs = [p[key] for p in points if p["model"] == model and p["segments"] == n and key in p]
             table.setdefault(model, {})[n] = (statistics.mean(accs), statistics.pstdev(accs), len(accs))
     return table
 
 
 def markdown_table(points: list[dict[str, Any]]) -> str:
-    table = summarise(points)
+    """A table per figure: accuracy (recall) or, for language modelling, bits per token overall, on
+    each half of the fully scored rows, and on the distant recall positions and the rest."""
+    lm = metric(points) == "bits_per_token"
+    keys = ([("bits_per_token", "bits per token"), ("bits_first_half", "first half of the row"),
+             ("bits_second_half", "second half of the row"), ("bits_recall", "distant recall positions"),
+             ("bits_rest", "the other positions")] if lm else [("accuracy", "")])
     lengths = sorted({p["segments"] for p in points})
-    lines = ["| model | " + " | ".join(f"{n} seg" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
-    for model, by_n in table.items():
-        cells = [f"{by_n[n][0]:.1%} ± {by_n[n][1]:.1%}" if n in by_n else "" for n in lengths]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    seeds = max(s for by_n in table.values() for _, _, s in by_n.values())
-    lines.append(f"\ntrained at {points[0]['trained_segments']} segments; chance = {points[0]['chance']:.1%}; "
-                 f"mean ± std over {seeds} seed(s).")
+    lines: list[str] = []
+    for key, title in keys:
+        table = summarise(points, key)
+        if not table:
+            continue
+        if title:
+            lines.append(f"{'' if not lines else chr(10)}**{title}**\n")
+        lines += ["| model | " + " | ".join(f"{n} seg" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+        for model, by_n in table.items():
+            cells = [(f"{by_n[n][0]:.3f} ± {by_n[n][1]:.3f}" if lm else f"{by_n[n][0]:.1%} ± {by_n[n][1]:.1%}")
+                     if n in by_n else "" for n in lengths]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    seeds = max(s for by_n in summarise(points, keys[0][0]).values() for _, _, s in by_n.values())
+    if lm:
+        full = {n: min(p["rows_full"] for p in points if p["segments"] == n) for n in lengths}
+        level = ("lower is better; the halves are the rows scored to their end (files at least as long as "
+                 "the row): " + ", ".join(f"{full[n]} at {n}" for n in lengths))
+    else:
+        level = f"chance = {points[0]['chance']:.1%}"
+    lines.append(f"\ntrained at {points[0]['trained_segments']} segments; {level}; mean ± std over {seeds} seed(s).")
     return "\n".join(lines)
 
 
@@ -161,13 +241,16 @@ def plot(out_dir: Path, points: list[dict[str, Any]], task: str) -> Path:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for model, by_n in summarise(points).items():
+    key = metric(points)
+    for model, by_n in summarise(points, key).items():
         ns = sorted(by_n)
         ax.errorbar(ns, [by_n[n][0] for n in ns], yerr=[by_n[n][1] for n in ns], marker="o", ms=4,
                     capsize=3, label=model)
     ax.axvline(points[0]["trained_segments"], color="grey", ls="--", lw=1, label="trained length")
-    ax.axhline(points[0]["chance"], color="grey", ls=":", label="chance")
-    ax.set(xscale="log", xlabel="evaluated length (segments)", ylabel="test accuracy",
+    if points[0]["chance"] is not None:
+        ax.axhline(points[0]["chance"], color="grey", ls=":", label="chance")
+    ax.set(xscale="log", xlabel="evaluated length (segments)",
+           ylabel="test accuracy" if key == "accuracy" else "test bits per token (lower is better)",
            title=f"length generalisation on {task}")
     ax.set_xticks(sorted({p["segments"] for p in points}), [str(n) for n in sorted({p["segments"] for p in points})])
     ax.legend(fontsize=8)

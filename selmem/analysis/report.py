@@ -111,6 +111,9 @@ def verdicts(folders: list[Path]) -> list[str]:
     for folder, data in loaded:
         if data.get("kind") != "length":
             continue
+        if data["points"][0]["chance"] is None:  # language modelling: bits, along the file
+            lines += lm_length_verdict(folder, data)
+            continue
         table = summarise_lengths(data["points"])
         longest = max(p["segments"] for p in data["points"])
         trained = data["points"][0]["trained_segments"]
@@ -136,6 +139,22 @@ def verdicts(folders: list[Path]) -> list[str]:
                      f"{upto} segments, and {at['selmem']:.1%} at {longest}{rival}.")
         lines += long_stream_verdicts(folder, data, table, longest)
     return lines
+
+
+def lm_length_verdict(folder: Path, data: dict[str, Any]) -> list[str]:
+    """Language modelling evaluated on longer rows (``selmem length`` on a code-lm comparison): does
+    the memory keep helping along a file, i.e. are selmem's bits per token on the second half of
+    the longest rows no worse than on their first half (the same files)?"""
+    points = [p for p in data["points"] if "bits_second_half" in p]
+    longest = max((p["segments"] for p in points), default=None)
+    first, second = (summarise_lengths(points, f"bits_{h}_half").get("selmem", {}).get(longest)
+                     for h in ("first", "second"))
+    if longest is None or first is None or second is None:
+        return []
+    held = "not decided (one seed)" if second[2] < 2 else ("held" if second[0] <= first[0] else "did not hold")
+    return [f"- **the memory keeps helping along a file** ({data['task']}, `{folder.name}`): {held}. At {longest} "
+            f"segments selmem has {first[0]:.3f} bits per token on the first half of the rows and {second[0]:.3f} "
+            f"on the second."]
 
 
 def long_stream_verdicts(folder: Path, data: dict[str, Any], table: dict, longest: int) -> list[str]:

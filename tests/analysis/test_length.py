@@ -4,6 +4,7 @@ task has the asked number of segments, and the table has a cell per model and le
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from selmem.analysis.compare import CompareConfig, compare
-from selmem.analysis.length import STRETCH, LengthConfig, length, stream_accuracy
+from selmem.analysis.length import STRETCH, LengthConfig, length, stream_accuracy, stream_eval
 from selmem.experiment import ExperimentConfig
 from selmem.model import SelectiveMemoryTransformer
 from selmem.tasks import build_task
@@ -147,3 +148,68 @@ def test_a_missing_or_damaged_best_falls_back_to_the_newest_good_checkpoint_and_
     assert f"{folder / 'selmem-s2'}: no checkpoint, skipped" in err
     assert f"Not ckpt/best (missing or damaged there), the newest good checkpoint: {', '.join(last)}." in (
         out_dir / "results.md").read_text()
+
+
+def code_lm_model(seq_len: int):
+    from selmem.config import SelmemConfig
+
+    task = build_task("code-lm", seq_len=seq_len, max_bytes=2_000_000, packed=False)  # short files too
+    torch.manual_seed(0)
+    model = SelectiveMemoryTransformer(SelmemConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=2, slots=4,
+                                                    d_mem=16, max_segment_len=32, credit="none")).eval()
+    return task, model
+
+
+def test_streamed_language_modelling_equals_evaluate_and_splits_the_full_rows_at_their_middle():
+    task, model = code_lm_model(4096)  # the first test file ends inside row 6
+    seg, batch = 32, task.batch("test", 0, 8)
+    got = stream_eval(model, task, seg, 1, 8)
+    want = evaluate(model, [batch], seg, torch.device("cpu"))
+    for ours, theirs in [("bits_per_token", "bits_per_token"), ("bits_recall", "bits_per_token_recall"),
+                         ("bits_rest", "bits_per_token_rest")]:
+        assert got[ours] == pytest.approx(want[theirs], rel=1e-5), ours
+    with torch.no_grad():
+        logits = model.forward_sequence(batch.tokens, seg).logits
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")
+    full = batch.loss_mask.all(1)
+    assert 0 < int(full.sum()) == got["rows_full"] < 8  # some rows end inside their file, some do not
+    half = batch.tokens.shape[1] // 2
+    for name, part in (("bits_first_half", ce[full, :half]), ("bits_second_half", ce[full, half:])):
+        assert got[name] == pytest.approx(float(part.mean()) / math.log(2), rel=1e-5), name
+
+
+def test_a_language_modelling_test_split_is_taken_once_not_cycled():
+    task, model = code_lm_model(1024)
+    chunks = task.num_test_chunks()
+    got = stream_eval(model, task, 32, 1000, 4)
+    assert got["rows_full"] <= chunks < 4000  # had it cycled, 4,000 rows would count
+
+
+@pytest.mark.parametrize("n", [8, 64])
+def test_stretched_code_lm_rows_tile_held_out_files_at_least_as_long(n):
+    task = STRETCH["code-lm"](build_task("code-lm", seq_len=256, max_bytes=2_000_000, min_file_bytes=1024), n, 32)
+    batch = task.batch("test", 0, 2)
+    assert batch.tokens.shape == (2, n * 32) and task.min_file_bytes == max(1024, n * 32)
+    assert bool(batch.loss_mask[0].all())  # the first row is the start of a file at least that long
+
+
+def lm_point(model, seed, n, bits, first, second):
+    return {"task": "code-lm", "model": model, "seed": seed, "segments": n, "accuracy": 0.4, "bits_per_token": bits,
+            "bits_first_half": first, "bits_second_half": second, "rows_full": 7, "trained_segments": 4,
+            "chance": None}
+
+
+def test_language_modelling_lengths_are_tabled_in_bits_and_judged_on_the_halves():
+    from selmem.analysis.length import markdown_table
+    from selmem.analysis.report import lm_length_verdict
+
+    points = [lm_point("selmem", s, n, 2.0 + n / 100, 2.1, 2.0 - s / 10) for s in (0, 1) for n in (4, 64)]
+    points += [lm_point("txl", 0, n, 2.5, 2.4, 2.6) for n in (4, 64)]
+    table = markdown_table(points)
+    assert "| selmem | 2.040 ± 0.000 | 2.640 ± 0.000 |" in table
+    assert "**second half of the row**" in table and "| txl | 2.600 ± 0.000 | 2.600 ± 0.000 |" in table
+    assert "lower is better" in table and "%" not in table.split("**first half")[0]
+    held = lm_length_verdict(Path("length-x"), {"task": "code-lm", "points": points})
+    assert held and ": held. At 64 segments selmem has 2.100 bits per token on the first half" in held[0]
+    worse = [dict(p, bits_second_half=2.2) if p["model"] == "selmem" else p for p in points]
+    assert "did not hold" in lm_length_verdict(Path("length-x"), {"task": "code-lm", "points": worse})[0]
