@@ -40,6 +40,8 @@ STRETCH: dict[str, Callable[[Task, int, int], Task]] = {
     "selective-copy": lambda t, n, seg: replace(t, seq_len=n * seg),
     "induction": lambda t, n, seg: replace(t, seq_len=n * seg),
     # rows of n * seg bytes tiling the held-out files at least that long, from the whole stdlib
+    # the same facts (moves: the latest wins) spread through a haystack filling n segments
+    "babi": lambda t, n, seg: replace(t, haystack_tokens=max(0, n * seg - (t.seq_len - t.haystack_tokens))),
     "code-lm": lambda t, n, seg: replace(t, seq_len=n * seg, min_file_bytes=max(t.min_file_bytes, n * seg),
                                          max_bytes=max(t.max_bytes, ALL_STDLIB)),
 }
@@ -88,7 +90,8 @@ def stream_eval(model: torch.nn.Module, task: Task, segment_len: int, batches: i
     """The test metrics of ``batches`` test batches, streamed one segment at a time with the state
     carried (constant memory at any length; only each segment's scored cross-entropies are kept).
 
-    Always "accuracy" and "bits_per_token" over the scored positions. For language modelling
+    Always "accuracy" and "bits_per_token" over the scored positions and "exact_match", the rows
+    with a scored position whose every scored position is right (whole answers, as ``evaluate``). For language modelling
     (``task.chance is None``) also "bits_first_half" / "bits_second_half": the bits on the rows
     scored to their end (a file at least as long as the row), split at the row's middle, so that
     the two halves are the same files (does the memory keep helping along a file?) and "rows_full"
@@ -110,13 +113,14 @@ def stream_eval(model: torch.nn.Module, task: Task, segment_len: int, batches: i
         acc[0] += float(ce[where].double().sum())
         acc[1] += int(where.sum())
 
-    right = rows_full = 0
+    right = rows_full = exact = rows = 0
     for i in range(batches):
         batch = task.batch("test", i, min(batch_size, total - i * batch_size))
         N = batch.tokens.shape[1]
         full = batch.loss_mask.all(1, keepdim=True)  # (B, 1) rows scored to their end
         rows_full += int(full.sum())
         recall = distant_recall(batch, segment_len)  # (B, N) or None
+        wrong = torch.zeros(batch.tokens.shape[0], dtype=torch.bool)  # (B,) a scored position missed
         state = None
         for start in range(0, N, segment_len):
             part = slice(start, start + segment_len)
@@ -126,7 +130,9 @@ def stream_eval(model: torch.nn.Module, task: Task, segment_len: int, batches: i
             if not mask.any():
                 continue
             ce = F.cross_entropy(out.logits.float().transpose(1, 2), batch.targets[:, part], reduction="none")
-            right += int(((out.logits.argmax(-1) == batch.targets[:, part]) & mask).sum())
+            hit = out.logits.argmax(-1) == batch.targets[:, part]
+            right += int((hit & mask).sum())
+            wrong |= (~hit & mask).any(1)
             add("all", ce, mask)
             if lm:
                 first = torch.arange(start, start + mask.shape[1]) < N // 2  # (T,)
@@ -135,8 +141,10 @@ def stream_eval(model: torch.nn.Module, task: Task, segment_len: int, batches: i
             if recall is not None:
                 add("recall", ce, recall[:, part])
                 add("rest", ce, mask & ~recall[:, part])
+        scored = batch.loss_mask.any(1)
+        exact, rows = exact + int((scored & ~wrong).sum()), rows + int(scored.sum())
     nats, count = sums["all"]
-    out = {"accuracy": right / count, "bits_per_token": nats / count / math.log(2)}
+    out = {"accuracy": right / count, "bits_per_token": nats / count / math.log(2), "exact_match": exact / rows}
     out.update({f"bits_{k}": v[0] / v[1] / math.log(2) for k, v in sums.items() if k != "all" and v[1]})
     if lm:
         out["rows_full"] = rows_full
@@ -180,7 +188,8 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
             got = stream_eval(model, STRETCH[task.name](task, n, seg), seg, lc.batches, rows)
             if lc.model_set and exp.arch == "selmem":
                 label += f" ({', '.join(lc.model_set)})"
-            out.append({"task": task.name, "model": label, "seed": exp.train.seed, "segments": n, **got,
+            out.append({"task": task.name, "metric": task.metric, "model": label, "seed": exp.train.seed,
+                        "segments": n, **got,
                         "trained_segments": task.seq_len // seg, "chance": task.chance,
                         "checkpoint": str(used), "rows": lc.batches * rows})
             key = metric(out[-1:])
@@ -190,9 +199,10 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
 
 
 def metric(points: list[dict[str, Any]]) -> str:
-    """The points' headline figure: bits per token for language modelling (no chance level), else
-    accuracy."""
-    return "bits_per_token" if points[0]["chance"] is None else "accuracy"
+    """The points' headline figure, their task's ``metric`` (bits per token for language modelling,
+    exact match for babi, else accuracy; results written before points named it: accuracy, or
+    bits where there is no chance level)."""
+    return points[0].get("metric") or ("bits_per_token" if points[0]["chance"] is None else "accuracy")
 
 
 def summarise(points: list[dict[str, Any]], key: str = "accuracy") -> dict[str, dict[int, tuple[float, float, int]]]:
@@ -211,7 +221,7 @@ def markdown_table(points: list[dict[str, Any]]) -> str:
     lm = metric(points) == "bits_per_token"
     keys = ([("bits_per_token", "bits per token"), ("bits_first_half", "first half of the row"),
              ("bits_second_half", "second half of the row"), ("bits_recall", "distant recall positions"),
-             ("bits_rest", "the other positions")] if lm else [("accuracy", "")])
+             ("bits_rest", "the other positions")] if lm else [(metric(points), "")])
     lengths = sorted({p["segments"] for p in points})
     lines: list[str] = []
     for key, title in keys:
@@ -250,7 +260,8 @@ def plot(out_dir: Path, points: list[dict[str, Any]], task: str) -> Path:
     if points[0]["chance"] is not None:
         ax.axhline(points[0]["chance"], color="grey", ls=":", label="chance")
     ax.set(xscale="log", xlabel="evaluated length (segments)",
-           ylabel="test accuracy" if key == "accuracy" else "test bits per token (lower is better)",
+           ylabel={"exact_match": "test exact match", "bits_per_token": "test bits per token (lower is better)"}.get(
+               key, "test accuracy"),
            title=f"length generalisation on {task}")
     ax.set_xticks(sorted({p["segments"] for p in points}), [str(n) for n in sorted({p["segments"] for p in points})])
     ax.legend(fontsize=8)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selmem.analysis.compare import METRICS, fmt_metric, metric_keys
+from selmem.analysis.length import metric as length_metric
 from selmem.analysis.length import summarise as summarise_lengths
 from selmem.baselines import MODELS  # the overview's columns, in the registry's order
 from selmem.tasks.base import LOWER_IS_BETTER, PERCENT_METRICS
@@ -114,7 +115,7 @@ def verdicts(folders: list[Path]) -> list[str]:
         if data["points"][0]["chance"] is None:  # language modelling: bits, along the file
             lines += lm_length_verdict(folder, data)
             continue
-        table = summarise_lengths(data["points"])
+        table = summarise_lengths(data["points"], length_metric(data["points"]))
         longest = max(p["segments"] for p in data["points"])
         trained = data["points"][0]["trained_segments"]
         if "selmem" not in table or longest not in table["selmem"]:

@@ -213,3 +213,32 @@ def test_language_modelling_lengths_are_tabled_in_bits_and_judged_on_the_halves(
     assert held and ": held. At 64 segments selmem has 2.100 bits per token on the first half" in held[0]
     worse = [dict(p, bits_second_half=2.2) if p["model"] == "selmem" else p for p in points]
     assert "did not hold" in lm_length_verdict(Path("length-x"), {"task": "code-lm", "points": worse})[0]
+
+
+@pytest.mark.parametrize("n", [8, 40])
+def test_stretched_babi_spreads_the_same_story_over_n_segments(n):
+    task = build_task("babi", haystack_tokens=200, num_facts=4)
+    long = STRETCH["babi"](task, n, 64)
+    assert long.seq_len == n * 64 and long.num_facts == task.num_facts
+    batch = long.batch("test", 0, 2)
+    assert batch.tokens.shape == (2, n * 64) and int(batch.loss_mask[0].sum()) >= 1
+
+
+def test_streamed_exact_match_equals_evaluate():
+    exp = ExperimentConfig.from_yaml(SMOKE).resolved()
+    torch.manual_seed(0)
+    model = SelectiveMemoryTransformer(exp.model).eval()
+    task, seg = exp.task, exp.segment_len()
+    want = evaluate(model, task.test_set(3, 8), seg, torch.device("cpu"))
+    got = stream_eval(model, task, seg, 3, 8)
+    assert got["exact_match"] == pytest.approx(want["exact_match"]) and got["accuracy"] == pytest.approx(want["accuracy"])
+
+
+def test_babi_lengths_are_tabled_in_exact_match():
+    from selmem.analysis.length import markdown_table
+
+    points = [{"task": "babi", "metric": "exact_match", "model": "selmem", "seed": 0, "segments": n,
+               "accuracy": 0.9, "exact_match": 0.5, "trained_segments": 4, "chance": 1 / 6} for n in (4, 64)]
+    assert "| selmem | 50.0% ± 0.0% | 50.0% ± 0.0% |" in markdown_table(points)
+    old = [{k: v for k, v in p.items() if k != "metric"} for p in points]  # results.json before "metric"
+    assert "| selmem | 90.0% ± 0.0% | 90.0% ± 0.0% |" in markdown_table(old)
