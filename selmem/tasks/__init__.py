@@ -17,6 +17,7 @@ from dataclasses import MISSING, fields
 from selmem.tasks.babi import BabiTask
 from selmem.tasks.base import SPLIT_IDS, Batch, Task
 from selmem.tasks.code_lm import CodeLMTask
+from selmem.tasks.icr import InContextRecallTask
 from selmem.tasks.common import field_docs
 from selmem.tasks.induction import InductionTask
 from selmem.tasks.listops import ListOpsTask
@@ -32,6 +33,7 @@ TASKS: dict[str, type[Task]] = {
         SelectiveCopyTask,
         PasskeyTask,
         InductionTask,
+        InContextRecallTask,
         BabiTask,
         ListOpsTask,
         CodeLMTask,
@@ -82,6 +84,7 @@ __all__ = [
     "Batch",
     "CodeLMTask",
     "InductionTask",
+    "InContextRecallTask",
     "ListOpsTask",
     "MQARTask",
     "MoleculesTask",

@@ -17,6 +17,7 @@ SMALL = {
     "selective-copy": dict(seq_len=32, num_tokens=4, vocab=8),
     "passkey": dict(length=64, key_len=3),
     "induction": dict(seq_len=32, vocab=8),
+    "icr": dict(seq_len=32, num_keys=4, num_values=6),
     "babi": dict(haystack_tokens=300, num_facts=4, question="mixed"),
     "listops": dict(min_len=8, max_len=64),
     "code-lm": dict(seq_len=64),
