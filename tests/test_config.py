@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import typing
-from dataclasses import fields
 
 import pytest
 import yaml
 
 from selmem import SelectiveMemoryTransformer, SelmemConfig
-from selmem.config import load_yaml
+from selmem.config import ObjectiveConfig, load_yaml
 from selmem.experiment import ExperimentConfig
 from tests.helpers import tiny_cfg
 
-LITERAL_FIELDS = [
-    f.name
-    for f in fields(SelmemConfig)
-    if typing.get_origin(typing.get_type_hints(SelmemConfig)[f.name]) is typing.Literal
-]
+# every field a SelmemConfig takes, the objective's by their flat names (SelmemConfig(credit=...))
+HINTS = {**typing.get_type_hints(SelmemConfig), **typing.get_type_hints(ObjectiveConfig)}
+LITERAL_FIELDS = [name for name, hint in HINTS.items() if typing.get_origin(hint) is typing.Literal]
 
 
 def test_defaults_validate():
@@ -49,7 +46,7 @@ def test_every_option_field_is_checked():
 
 @pytest.mark.parametrize("name", LITERAL_FIELDS)
 def test_bad_literal_names_field_and_choices(name):
-    allowed = typing.get_args(typing.get_type_hints(SelmemConfig)[name])
+    allowed = typing.get_args(HINTS[name])
     with pytest.raises(ValueError, match=rf"{name} must be one of .*{allowed[0]}.*got 'bogus'"):
         SelmemConfig(**{name: "bogus"}).validate()
 
