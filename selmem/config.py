@@ -185,7 +185,8 @@ def _objective_spelled_flat(cls: type[C]) -> type[C]:
         if isinstance(self.objective, ObjectiveConfig):  # always a copy: a replace()d config owns its own
             object.__setattr__(self, "objective", dataclasses.replace(self.objective, **flat))
         elif flat:
-            raise ValueError(f"objective must be an ObjectiveConfig, got {type(self.objective).__name__}")
+            raise ValueError(f"objective must be an ObjectiveConfig (in YAML a mapping of its fields), "
+                             f"got {type(self.objective).__name__}")
 
     cls.__init__ = __init__  # type: ignore[method-assign]
     return cls
@@ -315,7 +316,8 @@ class SelmemConfig:
         for f in fields(self):
             _check_literal(f.name, getattr(self, f.name), _hint(type(self), f.name))
         if not isinstance(self.objective, ObjectiveConfig):
-            raise ValueError(f"objective must be an ObjectiveConfig, got {type(self.objective).__name__}")
+            raise ValueError(f"objective must be an ObjectiveConfig (in YAML a mapping of its fields), "
+                             f"got {type(self.objective).__name__}")
         self.objective.validate()
         positive = ["vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "max_segment_len",
                     "slots", "d_mem", "topk", "pool_window", "attnpool_queries",
