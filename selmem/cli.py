@@ -145,16 +145,23 @@ def _given(args: list[str], flags: tuple[str, ...]) -> str | None:
 
 
 def _flags(cls: Any, prefix: str = "--") -> set[str]:
-    """Every ``--a.b-c`` flag of a dataclass, nested dataclasses and unions of them (tasks) included."""
+    """Every ``--a.b-c`` flag of a dataclass, nested dataclasses and unions of them (tasks) included;
+    a nested dataclass marked ``tyro.conf.arg(name="")`` (SelmemConfig.objective) gives its flags
+    without its own name, as tyro does."""
     try:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
     except Exception:  # a name only importable for type checking: no suggestions
         return set()
     out: set[str] = set()
     for f in dataclasses.fields(cls):
         name = prefix + f.name.replace("_", "-")
         t = hints.get(f.name)
+        if typing.get_origin(t) is typing.Annotated:
+            if any(getattr(m, "name", None) == "" for m in t.__metadata__):
+                name = prefix.rstrip(".")  # flattened into its parent's flags
+            t = typing.get_args(t)[0]
         members = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+        members = tuple(typing.get_args(m)[0] if typing.get_origin(m) is typing.Annotated else m for m in members)
         nested = [m for m in members if dataclasses.is_dataclass(m)]
         out |= set().union(*(_flags(m, name + ".") for m in nested)) if nested else {name}
     return out

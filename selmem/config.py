@@ -1,4 +1,6 @@
-"""SelmemConfig: every option of DESIGN.md section 2 as one typed, validated field.
+"""SelmemConfig: every option of DESIGN.md section 2 as one typed, validated field; the training
+objective's (the auxiliary losses, head B's teacher) in an ObjectiveConfig of their own, which a
+SelmemConfig holds as ``objective`` and also spells flat (``cfg.credit``), as before they moved.
 
 Load from YAML with ``SelmemConfig.from_yaml(path)`` (unknown keys are an error), save with
 ``cfg.to_yaml(path)``, override from the command line through tyro (``selmem train --help``).
@@ -11,10 +13,11 @@ import functools
 import math
 import os
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import tyro
 import yaml
 
 Read = Literal["on", "off"]
@@ -41,6 +44,155 @@ Autocast = Literal["none", "bf16"]
 C = TypeVar("C")
 
 
+@dataclass
+class ObjectiveConfig:
+    """The training objective of a selective memory (memory/objective.py ``Objective``): the weights
+    of the memory's self-supervised losses and head B's teacher. None of it changes what ``forward``
+    computes; a ``SelmemConfig`` holds one as ``objective`` and spells its fields flat as well
+    (``cfg.credit``, ``SelmemConfig(credit='none')``, ``--model.credit``, ``model: {credit: none}``)."""
+
+    sparsity: Sparsity = "budget"
+    """'target': (mean gate - write_rate)^2 per layer; 'l1': mean gate; 'budget': relu(mean gate -
+    write_rate)^2 per layer, a ceiling that never asks a layer to write more than it chooses to."""
+    write_rate: float = 0.25
+    """Target write rate rho of the sparsity loss."""
+    lambda_sparse: float = 0.1
+    """Weight of the sparsity loss."""
+    lambda_rec: float = 0.01
+    """Weight of the reconstruction loss (decoder d_mem -> d on written candidates)."""
+    lambda_nce: float = 0.01
+    """Weight of the predictive InfoNCE loss (memory before a segment vs. the segment)."""
+    nce_temperature: float = 0.1
+    """Temperature of the InfoNCE logits."""
+    lambda_score: float = 0.0
+    """Weight of the score bound: mean relu(|s| - score_margin)^2 over head B's scores, which
+    pulls a saturated gate back to where it has a gradient (the router z-loss of ST-MoE, for a
+    sigmoid gate)."""
+    credit: Credit = "probe"
+    """A direct teacher for head B (memory/credit.py): 'read' = tokens whose slots the answers
+    read more than other tokens did; 'probe' = tokens a train-time attention probe over the
+    training window retrieves at the answers; 'none'. Needs the batch's scored positions and
+    targets (forward_sequence(..., answer_mask=, answer_targets=)); the training loop passes them."""
+    probe_layers: int = 1
+    """Causal full-attention blocks of the credit probe before its retrieval attention."""
+    probe_window: int = 0
+    """Segments back the probe's retrieval attention may look from an answer's segment (0 = every
+    earlier segment of the training window). On long rows the full retrieval costs B*N^2, more than
+    the model: at 2,048-byte rows in segments of 128 a selmem step took 10 times a txl step. With
+    a window of W segments it costs B*N*W*T; the memory is then taught only what is needed within
+    W segments (set it to the segments the gradients flow through, ``bptt_segments``)."""
+    lambda_credit: float = 1.0
+    """Weight of the credit loss (and of the probe's own loss)."""
+    probe_target: ProbeTarget = "auto"
+    """How the probe's retrieval attention at the answers becomes head B's target per token:
+    'sum' = min(1, sum over answers) (a token retrieved by many answers, or a little by each of
+    many, is worth keeping); 'max' = the largest single answer's attention on it (a token some
+    answer retrieves sharply); 'auto' = 'max' in a batch where more than half of the positions are
+    answers (language modelling), else 'sum'. The two agree when each token serves one answer.
+    Where every position is an answer the diffuse attentions sum to "keep everything", which cost
+    code-lm 0.13 bits per byte; on recall 'max' starts near 0 everywhere and closed the gates
+    (docs/FINDINGS.md section 9). 'peak' = each answer's attention relative to its own largest
+    entry (the probe's null included), then the largest over answers: 1 on what an answer
+    retrieves most, at any answer density (memory/credit.py ``probe_losses``)."""
+    lambda_read: float = 0.0
+    """Weight of the read teacher (credit='probe' only; memory/credit.py ``read_teacher_loss``): at
+    each answer, the read over a layer's own slots is pulled toward the slots holding what the
+    probe retrieves there, so the read learns where a fact is as full attention does."""
+    read_target: ReadTarget = "share"
+    """The read teacher's target over a layer's slots at an answer: 'share' = each slot's share of
+    what the probe retrieves there (a distribution); 'top1' = the slot holding most of it alone
+    (a decision: the cross-entropy can reach 0 where the read finds the fact)."""
+    read_mass: bool = False
+    """The read teacher also teaches *how much* to read the memory: at each answer, the read's
+    total attention on the layer's own slots (against the segment's tokens) is pulled toward
+    m = min(1, the share of what the probe retrieves that the memory still holds), by a binary
+    cross-entropy. The slot target renormalises the read over the slots, so alone it teaches
+    which slot and never how strongly (on the 16-pair state point the read found the right slot
+    at 95-100% of the answers with 0.28-0.35 of its attention: docs/FINDINGS.md 12)."""
+    score_margin: float = 4.0
+    """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
+
+    def validate(self) -> ObjectiveConfig:
+        """Raise ValueError naming the first impossible field; return self."""
+        check_field_types(self)
+        for f in fields(self):
+            _check_literal(f.name, getattr(self, f.name), _hint(type(self), f.name))
+        if not 0.0 <= self.write_rate <= 1.0:
+            raise ValueError(f"write_rate must be in [0, 1], got {self.write_rate}")
+        if self.nce_temperature <= 0:
+            raise ValueError(f"nce_temperature must be > 0, got {self.nce_temperature}")
+        for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "lambda_score", "score_margin", "lambda_credit",
+                     "probe_layers", "lambda_read", "probe_window"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.read_mass and (self.lambda_read == 0 or self.credit != "probe"):
+            raise ValueError("read_mass is a term of the read teacher, so it needs credit='probe' and "
+                             f"lambda_read > 0 (got credit={self.credit!r}, lambda_read={self.lambda_read})")
+        return self
+
+    @property
+    def has_teacher(self) -> bool:
+        """Whether head B has a teacher (credit 'read' or 'probe' with a weight), which needs each
+        training window's scored positions."""
+        return self.credit != "none" and self.lambda_credit != 0
+
+
+OBJECTIVE_FIELDS = frozenset(f.name for f in fields(ObjectiveConfig))
+"""The names by which a SelmemConfig spells its objective's fields flat."""
+
+
+def nest_objective(data: Any) -> Any:
+    """A SelmemConfig mapping with the objective's fields under ``objective``, whichever way they
+    came: flat (``credit: none``, as every run folder before ObjectiveConfig has them) or nested
+    (``objective: {credit: none}``). A field given both ways is an error naming it; anything but a
+    mapping is returned as it is (``from_dict`` names it)."""
+    if not isinstance(data, dict):
+        return data
+    flat = {k: v for k, v in data.items() if k in OBJECTIVE_FIELDS}
+    if not flat:
+        return dict(data)
+    nested = data.get("objective") or {}
+    if not isinstance(nested, dict):
+        raise ValueError(f"objective must be a mapping of ObjectiveConfig fields, got {type(nested).__name__}")
+    twice = sorted(set(flat) & set(nested))
+    if twice:
+        raise ValueError(f"{twice} given twice, as model fields and under objective: give each once")
+    rest = {k: v for k, v in data.items() if k not in OBJECTIVE_FIELDS}
+    return {**rest, "objective": {**nested, **flat}}
+
+
+def flatten_objective(data: dict[str, Any]) -> dict[str, Any]:
+    """``nest_objective``'s inverse: a SelmemConfig mapping with the objective's fields beside the
+    model's, as Hugging Face's config.json (flat, as HF configs are) and every config written
+    before ObjectiveConfig spell them."""
+    data = nest_objective(data)
+    nested = data.pop("objective", None) or {}
+    return {**data, **(asdict(nested) if isinstance(nested, ObjectiveConfig) else nested)}
+
+
+def _objective_spelled_flat(cls: type[C]) -> type[C]:
+    """Let ``cls.__init__`` (and so ``dataclasses.replace``) take the objective's fields flat,
+    ``SelmemConfig(credit='none')``: a flat field overrides the same field of ``objective=``, which
+    is what ``replace(cfg, credit=...)`` needs (it passes the old objective beside the change)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        flat = {k: kwargs.pop(k) for k in list(kwargs) if k in OBJECTIVE_FIELDS}
+        init(self, *args, **kwargs)
+        if isinstance(self.objective, dict):  # SelmemConfig(**asdict(cfg))
+            object.__setattr__(self, "objective", ObjectiveConfig(**self.objective))
+        if isinstance(self.objective, ObjectiveConfig):  # always a copy: a replace()d config owns its own
+            object.__setattr__(self, "objective", dataclasses.replace(self.objective, **flat))
+        elif flat:
+            raise ValueError(f"objective must be an ObjectiveConfig (in YAML a mapping of its fields), "
+                             f"got {type(self.objective).__name__}")
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_objective_spelled_flat
 @dataclass
 class SelmemConfig:
     """The selective-memory Transformer. Defaults are the small CPU model used by the demo."""
@@ -136,39 +288,7 @@ class SelmemConfig:
     bptt_segments: int = 0
     """Truncated BPTT: detach the state every K segments in forward_sequence; 0 = never (all segments)."""
 
-    # --- auxiliary losses (DESIGN section 3) --------------------------------------------------
-    sparsity: Sparsity = "budget"
-    """'target': (mean gate - write_rate)^2 per layer; 'l1': mean gate; 'budget': relu(mean gate -
-    write_rate)^2 per layer, a ceiling that never asks a layer to write more than it chooses to."""
-    write_rate: float = 0.25
-    """Target write rate rho of the sparsity loss."""
-    lambda_sparse: float = 0.1
-    """Weight of the sparsity loss."""
-    lambda_rec: float = 0.01
-    """Weight of the reconstruction loss (decoder d_mem -> d on written candidates)."""
-    lambda_nce: float = 0.01
-    """Weight of the predictive InfoNCE loss (memory before a segment vs. the segment)."""
-    nce_temperature: float = 0.1
-    """Temperature of the InfoNCE logits."""
-    lambda_score: float = 0.0
-    """Weight of the score bound: mean relu(|s| - score_margin)^2 over head B's scores, which
-    pulls a saturated gate back to where it has a gradient (the router z-loss of ST-MoE, for a
-    sigmoid gate)."""
-    credit: Credit = "probe"
-    """A direct teacher for head B (memory/credit.py): 'read' = tokens whose slots the answers
-    read more than other tokens did; 'probe' = tokens a train-time attention probe over the
-    training window retrieves at the answers; 'none'. Needs the batch's scored positions and
-    targets (forward_sequence(..., answer_mask=, answer_targets=)); the training loop passes them."""
-    probe_layers: int = 1
-    """Causal full-attention blocks of the credit probe before its retrieval attention."""
-    probe_window: int = 0
-    """Segments back the probe's retrieval attention may look from an answer's segment (0 = every
-    earlier segment of the training window). On long rows the full retrieval costs B*N^2, more than
-    the model: at 2,048-byte rows in segments of 128 a selmem step took 10 times a txl step. With
-    a window of W segments it costs B*N*W*T; the memory is then taught only what is needed within
-    W segments (set it to the segments the gradients flow through, ``bptt_segments``)."""
-    lambda_credit: float = 1.0
-    """Weight of the credit loss (and of the probe's own loss)."""
+    # --- head B's gradient paths in training (they change what forward computes) --------------
     credit_grad: CreditGrad = "trunk"
     """Where the credit loss (and the score bound) send their gradient: 'trunk' = through head B
     into the layer's features too; 'head' = into head B's own weights only (its score is taken
@@ -181,41 +301,24 @@ class SelmemConfig:
     selected: on the marked overwrite preset the task's pull opened layer 0's gates on noise late
     in training, against its teacher, and the oldest facts were evicted (docs/FINDINGS.md 12).
     Needs a teacher (credit != 'none')."""
-    probe_target: ProbeTarget = "auto"
-    """How the probe's retrieval attention at the answers becomes head B's target per token:
-    'sum' = min(1, sum over answers) (a token retrieved by many answers, or a little by each of
-    many, is worth keeping); 'max' = the largest single answer's attention on it (a token some
-    answer retrieves sharply); 'auto' = 'max' in a batch where more than half of the positions are
-    answers (language modelling), else 'sum'. The two agree when each token serves one answer.
-    Where every position is an answer the diffuse attentions sum to "keep everything", which cost
-    code-lm 0.13 bits per byte; on recall 'max' starts near 0 everywhere and closed the gates
-    (docs/FINDINGS.md section 9). 'peak' = each answer's attention relative to its own largest
-    entry (the probe's null included), then the largest over answers: 1 on what an answer
-    retrieves most, at any answer density (memory/credit.py ``probe_losses``)."""
-    lambda_read: float = 0.0
-    """Weight of the read teacher (credit='probe' only; memory/credit.py ``read_teacher_loss``): at
-    each answer, the read over a layer's own slots is pulled toward the slots holding what the
-    probe retrieves there, so the read learns where a fact is as full attention does."""
-    read_target: ReadTarget = "share"
-    """The read teacher's target over a layer's slots at an answer: 'share' = each slot's share of
-    what the probe retrieves there (a distribution); 'top1' = the slot holding most of it alone
-    (a decision: the cross-entropy can reach 0 where the read finds the fact)."""
-    read_mass: bool = False
-    """The read teacher also teaches *how much* to read the memory: at each answer, the read's
-    total attention on the layer's own slots (against the segment's tokens) is pulled toward
-    m = min(1, the share of what the probe retrieves that the memory still holds), by a binary
-    cross-entropy. The slot target renormalises the read over the slots, so alone it teaches
-    which slot and never how strongly (on the 16-pair state point the read found the right slot
-    at 95-100% of the answers with 0.28-0.35 of its attention: docs/FINDINGS.md 12)."""
-    score_margin: float = 4.0
-    """Scores within +-score_margin (gates in [0.018, 0.982] at 4) are not penalised."""
+
+    # --- the training objective (DESIGN section 3; memory/objective.py) -----------------------
+    objective: Annotated[ObjectiveConfig, tyro.conf.arg(name="")] = field(default_factory=ObjectiveConfig)
+    """The training objective's fields (``ObjectiveConfig``): the auxiliary losses and head B's teacher.
+    Flat, as before they had a config of their own: ``SelmemConfig(credit='none')``,
+    ``cfg.credit``, ``dataclasses.replace(cfg, credit=...)``, ``model: {credit: none}`` in YAML and
+    ``--model.credit`` reach them; YAML may also nest them, ``model: {objective: {credit: none}}``."""
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> SelmemConfig:
-        """Raise ValueError naming the first impossible field; return self."""
+        """Raise ValueError naming the first impossible field (the objective's included); return self."""
         check_field_types(self)
         for f in fields(self):
             _check_literal(f.name, getattr(self, f.name), _hint(type(self), f.name))
+        if not isinstance(self.objective, ObjectiveConfig):
+            raise ValueError(f"objective must be an ObjectiveConfig (in YAML a mapping of its fields), "
+                             f"got {type(self.objective).__name__}")
+        self.objective.validate()
         positive = ["vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "max_segment_len",
                     "slots", "d_mem", "topk", "pool_window", "attnpool_queries",
                     "cache_transform_layers"]
@@ -233,24 +336,31 @@ class SelmemConfig:
                              f"must equal d_model ({self.d_model})")
         if self.cache_transform == "transformer" and self.d_mem % 2:
             raise ValueError(f"d_mem must be even for the cache transform's 2 heads, got {self.d_mem}")
-        for name in ["usage_decay", "write_rate"]:
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ["gumbel_tau", "alloc_temperature", "nce_temperature"]:
+        if not 0.0 <= self.usage_decay <= 1.0:
+            raise ValueError(f"usage_decay must be in [0, 1], got {self.usage_decay}")
+        for name in ["gumbel_tau", "alloc_temperature"]:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ["lambda_sparse", "lambda_rec", "lambda_nce", "lambda_score", "score_margin", "bptt_segments",
-                     "age_weight", "lambda_credit", "probe_layers", "lambda_read", "probe_window"]:
+        for name in ["bptt_segments", "age_weight"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.read_mass and (self.lambda_read == 0 or self.credit != "probe"):
-            raise ValueError("read_mass is a term of the read teacher, so it needs credit='probe' and "
-                             f"lambda_read > 0 (got credit={self.credit!r}, lambda_read={self.lambda_read})")
-        if self.gate_grad == "teacher" and (self.credit == "none" or self.lambda_credit == 0):
+        if self.gate_grad == "teacher" and not self.objective.has_teacher:
             raise ValueError("gate_grad='teacher' trains head B from its teacher only, so it needs "
-                             f"credit 'read' or 'probe' and lambda_credit > 0 (got credit={self.credit!r}, "
-                             f"lambda_credit={self.lambda_credit})")
+                             f"credit 'read' or 'probe' and lambda_credit > 0 (got credit={self.objective.credit!r}, "
+                             f"lambda_credit={self.objective.lambda_credit})")
         return self
+
+    def __getattr__(self, name: str) -> Any:  # only for names not found otherwise: the objective's, flat
+        objective = self.__dict__.get("objective")
+        if name in OBJECTIVE_FIELDS and objective is not None:
+            return getattr(objective, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in OBJECTIVE_FIELDS:  # cfg.credit = 'none' sets the objective's field, as it set the flat one
+            setattr(self.objective, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def state_floats(self) -> int:
         """Floats one sequence carries between segments: slots + usage + age, all layers."""
@@ -270,14 +380,18 @@ class SelmemConfig:
     # --- YAML ---------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SelmemConfig:
-        return from_dict(cls, data)
+        """From a mapping of fields, the objective's flat or under ``objective`` (``nest_objective``)."""
+        return from_dict(cls, nest_objective(data), aliases=OBJECTIVE_FIELDS)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SelmemConfig:
-        return from_dict(cls, load_yaml(path))
+        return cls.from_dict(load_yaml(path))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, nested: bool = False) -> dict[str, Any]:
+        """The fields as plain data, the objective's beside the model's (``flatten_objective``), the
+        layout of every config.yaml and config.json written before ObjectiveConfig, so that what
+        reads a run folder reads this one too; ``nested``: under ``objective`` (``asdict``)."""
+        return asdict(self) if nested else flatten_objective(asdict(self))
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -377,14 +491,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys by name, then validate()."""
+def from_dict(cls: type[C], data: dict[str, Any], aliases: frozenset[str] = frozenset()) -> C:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys by name, then validate(). A
+    field holding a dataclass may be given as a mapping of its fields; ``aliases``: other keys
+    ``cls`` takes (a SelmemConfig's flat objective fields)."""
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__} must be a mapping of fields, got {type(data).__name__} {data!r:.40}")
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in dataclasses.fields(cls)} | aliases  # type: ignore[arg-type]
     unknown = sorted(map(str, set(data) - known))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; known keys: {sorted(known)}")
+    data = dict(data)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        inner = _hint(cls, f.name)
+        if dataclasses.is_dataclass(inner) and isinstance(data.get(f.name), dict):
+            data[f.name] = from_dict(inner, data[f.name])
     obj = cls(**data)
     validate = getattr(obj, "validate", None)
     if callable(validate):

@@ -73,7 +73,7 @@ class ExperimentConfig:
 
     # --- YAML ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"arch": self.arch, "model": asdict(self.model),
+        return {"arch": self.arch, "model": self.model.to_dict(),
                 "task": {"name": self.task.name, **asdict(self.task)}, "train": asdict(self.train)}
 
     def to_yaml(self, path: str | Path) -> None:
@@ -94,7 +94,7 @@ class ExperimentConfig:
         if not isinstance(name, str) or name not in TASKS:
             raise ValueError(f"task.name must be one of {sorted(TASKS)}, got {name!r}")
         exp = cls(arch=data.get("arch", "selmem"),
-                  model=from_dict(SelmemConfig, data.get("model") or {}),
+                  model=SelmemConfig.from_dict(data.get("model") or {}),
                   task=from_dict(TASKS[name], task),
                   train=from_dict(TrainConfig, data.get("train") or {}))
         if exp.arch not in Arch.__args__:  # type: ignore[attr-defined]

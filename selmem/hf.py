@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selmem.config import SelmemConfig
+from selmem.config import OBJECTIVE_FIELDS, SelmemConfig, flatten_objective
 from selmem.decode import DecodeCache
 from selmem.model import SelectiveMemoryTransformer
 from selmem.memory.objective import Objective
@@ -56,7 +56,8 @@ from selmem.train.checkpoint import TRAIN_ONLY
 # HF's standard names for the four sizes every config has, and the SelmemConfig fields they are
 FLAT = {"vocab_size": "vocab_size", "hidden_size": "d_model", "num_hidden_layers": "n_layers",
         "num_attention_heads": "n_heads"}
-SELMEM_FIELDS = frozenset(f.name for f in dataclasses.fields(SelmemConfig))
+# the flat names of every SelmemConfig field, the objective's among them (config.json is flat, as HF's are)
+SELMEM_FIELDS = frozenset(f.name for f in dataclasses.fields(SelmemConfig) if f.name != "objective") | OBJECTIVE_FIELDS
 
 
 @functools.cache
@@ -91,7 +92,7 @@ class SelmemHFConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
-        fields = dict(self.selmem or {})
+        fields = flatten_objective(self.selmem or {})  # the objective nested too, as SelmemConfig.to_dict(nested=True) gives
         given: dict[str, tuple[str, Any]] = {}  # selmem field -> (the name it came as, value)
         for name in [k for k in kwargs if k in FLAT or k in SELMEM_FIELDS]:
             field, value = FLAT.get(name, name), kwargs.pop(name)

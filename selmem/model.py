@@ -100,7 +100,7 @@ class SelectiveMemoryTransformer(nn.Module):
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         # train-time teacher of head B (memory/credit.py), never used by forward; built last so that
         # every other parameter is initialised as without it (same seed, same model)
-        self.probe = credit.RetrievalProbe(cfg) if cfg.credit == "probe" else None
+        self.probe = credit.RetrievalProbe(cfg) if cfg.objective.credit == "probe" else None
         # activation checkpointing of the blocks in training (off by default): Hugging Face's
         # gradient_checkpointing_enable() sets both attributes (its _set_gradient_checkpointing)
         self.gradient_checkpointing = False
@@ -134,7 +134,7 @@ class SelectiveMemoryTransformer(nn.Module):
         """The keyword inputs of ``forward_sequence`` that the training loop hands the model, as
         every model names its own (the baselines none): packed rows' resets, that the token range
         was checked, and with a credit teacher the answers it learns from."""
-        teacher = ("answer_mask", "answer_targets", "answer_count") if self.cfg.credit != "none" else ()
+        teacher = ("answer_mask", "answer_targets", "answer_count") if self.cfg.objective.credit != "none" else ()
         return frozenset(("reset", "checked", *teacher))
 
     # ------------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class SelectiveMemoryTransformer(nn.Module):
 
     def _losses(self, tokens: Tensor, state: MemoryState, gates: list[Tensor], scores: list[Tensor],
                 rec: list[Tensor], inputs_embeds: Tensor | None = None) -> dict[str, Tensor]:
-        cfg = self.cfg
+        cfg = self.cfg.objective  # the losses' options (the weights: Objective.weigh)
         sparse = losses.sparsity(gates, cfg.sparsity, cfg.write_rate)
         bound = losses.score_bound(scores, cfg.score_margin)
         recon = torch.stack(rec).mean()

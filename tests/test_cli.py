@@ -128,6 +128,19 @@ def test_train_help_lists_nested_fields(capsys):
         main(["train", "--config", SMOKE, "--help"])
     out = capsys.readouterr().out
     assert all(flag in out for flag in ["--train.steps", "--model.slots", "task:mqar"])
+    # the objective's fields (ObjectiveConfig) keep their flags under --model, as before they moved
+    assert all(flag in out for flag in ["--model.credit", "--model.lambda-read", "--model.read-mass"])
+    assert "--model.objective." not in out
+
+
+def test_the_objective_flags_set_the_objective():
+    from selmem.cli import parse_experiment
+
+    exp = parse_experiment(["--config", SMOKE, "--model.credit", "probe", "--model.lambda-read", "0.5",
+                            "--model.read-mass", "--model.probe-window", "2"], "selmem train")
+    assert (exp.model.objective.credit, exp.model.objective.lambda_read) == ("probe", 0.5)
+    assert exp.model.read_mass and exp.model.objective.probe_window == 2
+    assert parse_experiment(["--config", SMOKE, "--model.credit", "none"], "selmem train").model.credit == "none"
 
 
 @pytest.mark.parametrize(

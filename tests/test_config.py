@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
 import typing
-from dataclasses import fields
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import yaml
 
 from selmem import SelectiveMemoryTransformer, SelmemConfig
-from selmem.config import load_yaml
+from selmem.config import OBJECTIVE_FIELDS, ObjectiveConfig, flatten_objective, load_yaml
 from selmem.experiment import ExperimentConfig
 from tests.helpers import tiny_cfg
 
-LITERAL_FIELDS = [
-    f.name
-    for f in fields(SelmemConfig)
-    if typing.get_origin(typing.get_type_hints(SelmemConfig)[f.name]) is typing.Literal
-]
+# every field a SelmemConfig takes, the objective's by their flat names (SelmemConfig(credit=...))
+HINTS = {**typing.get_type_hints(SelmemConfig), **typing.get_type_hints(ObjectiveConfig)}
+LITERAL_FIELDS = [name for name, hint in HINTS.items() if typing.get_origin(hint) is typing.Literal]
 
 
 def test_defaults_validate():
@@ -49,7 +51,7 @@ def test_every_option_field_is_checked():
 
 @pytest.mark.parametrize("name", LITERAL_FIELDS)
 def test_bad_literal_names_field_and_choices(name):
-    allowed = typing.get_args(typing.get_type_hints(SelmemConfig)[name])
+    allowed = typing.get_args(HINTS[name])
     with pytest.raises(ValueError, match=rf"{name} must be one of .*{allowed[0]}.*got 'bogus'"):
         SelmemConfig(**{name: "bogus"}).validate()
 
@@ -165,3 +167,68 @@ def test_a_key_given_twice_is_named_with_its_lines(tmp_path, text, key, lines):
 def test_a_merge_key_may_still_be_overridden(tmp_path):
     (tmp_path / "c.yaml").write_text("base: &b {slots: 4, d_mem: 16}\nmodel:\n  <<: *b\n  slots: 8\n")
     assert load_yaml(tmp_path / "c.yaml")["model"] == {"slots": 8, "d_mem": 16}
+
+
+# --- the objective's fields: ObjectiveConfig, and the flat spelling every user had before it ------
+
+def test_the_objective_has_a_config_of_its_own_that_the_old_flat_spelling_reaches():
+    cfg = SelmemConfig(credit="none", lambda_credit=0.5, lambda_read=0.0)
+    assert cfg.objective == ObjectiveConfig(credit="none", lambda_credit=0.5)
+    assert (cfg.credit, cfg.lambda_credit, cfg.lambda_read, cfg.read_mass) == ("none", 0.5, 0.0, False)
+    assert replace(cfg, credit="read").credit == "read" and cfg.credit == "none"
+    other = replace(cfg, slots=8)  # replace() passes the objective along: a copy, not the same object
+    other.credit = "probe"  # setting the flat name sets the objective's field
+    assert other.objective.credit == "probe" and cfg.credit == "none"
+    assert SelmemConfig(objective=ObjectiveConfig(credit="read")) == SelmemConfig(credit="read")
+    assert SelmemConfig(objective=ObjectiveConfig(credit="read"), credit="none").credit == "none"  # flat wins
+    assert SelmemConfig(**asdict(cfg)) == cfg == SelmemConfig(**cfg.to_dict())
+    assert hasattr(cfg, "credit") and not hasattr(cfg, "credits")
+    assert copy.deepcopy(cfg) == cfg and pickle.loads(pickle.dumps(cfg)) == cfg
+    assert {"credit", "gate_grad", "credit_grad"} <= set(fields_of(SelmemConfig)) | set(OBJECTIVE_FIELDS)
+    assert {"credit_grad", "gate_grad"} <= set(fields_of(SelmemConfig))  # they change what forward computes
+    assert not set(OBJECTIVE_FIELDS) & set(fields_of(SelmemConfig))
+
+
+def fields_of(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def test_the_record_stays_flat_and_yaml_takes_either_spelling(tmp_path):
+    """config.yaml and HF's config.json keep the layout they had (the objective's fields beside the
+    model's), so what reads an old run folder reads a new one; YAML may also nest them."""
+    cfg = tiny_cfg(credit="read", lambda_score=0.1)
+    flat = cfg.to_dict()
+    assert "objective" not in flat and flat["credit"] == "read" and flat["lambda_score"] == 0.1
+    assert cfg.to_dict(nested=True)["objective"] == asdict(cfg.objective)
+    assert flatten_objective(cfg.to_dict(nested=True)) == flat
+    for data in (flat, cfg.to_dict(nested=True)):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+        assert SelmemConfig.from_yaml(tmp_path / "c.yaml") == cfg
+    exp = ExperimentConfig.from_dict({"model": {"slots": 4, "objective": {"credit": "none"}}})
+    assert exp.model.credit == "none" and exp.to_dict()["model"]["credit"] == "none"
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"credit": "none", "objective": {"credit": "probe"}}, r"\['credit'\] given twice"),
+    ({"objective": {"credti": "none"}}, r"unknown ObjectiveConfig key\(s\) \['credti'\]"),
+    ({"credti": "none"}, r"unknown SelmemConfig key\(s\) \['credti'\]; known keys: .*'credit'"),
+    ({"objective": {"write_rate": 2.0}}, r"write_rate must be in \[0, 1\], got 2.0"),
+    ({"objective": {"lambda_read": "1e-3"}}, r"lambda_read must be float, got '1e-3'; YAML reads 1e-3 as text"),
+    ({"objective": "none"}, r"objective must be an ObjectiveConfig \(in YAML a mapping of its fields\), got str"),
+    ({"read_mass": True}, r"read_mass is a term of the read teacher, so it needs credit='probe' and lambda_read > 0"),
+    ({"objective": {"credit": "none"}, "gate_grad": "teacher"}, r"gate_grad='teacher' .* needs credit"),
+], ids=["both-spellings", "unknown-nested", "unknown-flat", "nested-range", "nested-type", "not-a-mapping",
+        "read-mass-alone", "gate-grad-across"])
+def test_a_bad_objective_field_is_named_in_either_spelling(data, match):
+    with pytest.raises(ValueError, match=match):
+        SelmemConfig.from_dict(data)
+
+
+def test_every_preset_spells_the_objective_flat_and_loads():
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert presets
+    for path in presets:
+        model = load_yaml(path).get("model") or {}
+        exp = ExperimentConfig.from_yaml(path)
+        for key in set(model) & OBJECTIVE_FIELDS:
+            assert getattr(exp.model.objective, key) == model[key], (path, key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -211,6 +212,22 @@ def test_save_pretrained_records_the_config_that_runs(tmp_path):
     want = model.state_dict()
     assert any(k.startswith("model.probe.") for k in want)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in want.items())  # the probe's weights too
+
+
+def test_config_json_keeps_the_objective_flat_and_reads_it_nested_too(tmp_path):
+    """config.json spells the objective's fields flat, as every export before ObjectiveConfig did
+    (``"credit": "probe"``), so those load; a ``selmem`` dict with them nested loads the same."""
+    model = hf_model(credit="read", lambda_read=0.0, slots=6)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["selmem"]["credit"] == "read" and "objective" not in saved["selmem"]
+    saved["selmem"] = model.model.cfg.to_dict(nested=True)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, lambda_score=0.5)  # a flat kwarg still overrides
+    assert loaded.model.cfg == replace(model.model.cfg, lambda_score=0.5)
+    assert loaded.config.credit == "read" and loaded.config.lambda_score == 0.5
+    loaded.config.lambda_credit = 0.25  # the flat attributes set the objective's fields too
+    assert loaded.config.selmem_config().objective.lambda_credit == 0.25
 
 
 def test_a_checkpoint_without_the_probe_loads_with_a_fresh_initialised_one(tmp_path):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selmem import MemoryStack, SelectiveMemoryTransformer
+from selmem.config import ObjectiveConfig
 from selmem.memory.objective import WEIGHTS, Objective
 from selmem.tasks import MQARTask
 from tests.helpers import tiny_cfg
@@ -22,17 +23,49 @@ RECALL = MQARTask(num_pairs=2, num_keys=4, num_values=4, segment_len=8, num_segm
                          ids=["probe", "read", "probe-read-teacher", "none"])
 def test_teacher_from_outputs_equals_forward_sequences(overrides):
     """The objective applied to a plain forward_sequence's outputs gives, bit for bit, the losses
-    of forward_sequence given the answers (which calls it)."""
+    of forward_sequence given the answers (which calls it), whether it is the model's or one built
+    from the ObjectiveConfig alone."""
     model = SelectiveMemoryTransformer(tiny_cfg(lambda_score=0.1, **overrides)).double().train()
     batch = RECALL.batch("train", 0, 4)
     want = model.forward_sequence(batch.tokens, 8, answer_mask=batch.loss_mask, answer_targets=batch.targets).losses
     out = model.forward_sequence(batch.tokens, 8)
-    got = model.objective.teacher(out.losses, out.scores, out.stats, out.reads, model.probe, batch.tokens, 8,
-                                  batch.loss_mask, batch.targets)
-    assert set(got) == set(want)
-    assert {"credit"} <= set(got) or overrides.get("credit") == "none"
-    for k in want:
-        assert torch.equal(got[k], want[k]), k
+    for objective in (model.objective, Objective(model.cfg.objective, slots=model.cfg.slots)):
+        got = objective.teacher(out.losses, out.scores, out.stats, out.reads, model.probe, batch.tokens, 8,
+                                batch.loss_mask, batch.targets)
+        assert set(got) == set(want)
+        assert {"credit"} <= set(got) or overrides.get("credit") == "none"
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+
+
+def test_the_objective_spelled_flat_or_nested_is_one_model_and_one_loss():
+    """SelmemConfig(credit=..., lambda_read=...) (the spelling before ObjectiveConfig) and
+    SelmemConfig(objective=ObjectiveConfig(...)) build the same model, seed for seed, and give the
+    same losses bit for bit."""
+    flat = tiny_cfg(lambda_read=0.5, probe_target="peak", lambda_score=0.1, read_mass=True)
+    nested = tiny_cfg(objective=ObjectiveConfig(lambda_read=0.5, probe_target="peak", lambda_score=0.1,
+                                                read_mass=True))
+    assert flat == nested and flat.objective is not nested.objective
+    batch, runs = RECALL.batch("train", 0, 4), []
+    for cfg in (flat, nested):
+        torch.manual_seed(0)
+        model = SelectiveMemoryTransformer(cfg).double().train()
+        out = model.forward_sequence(batch.tokens, 8, answer_mask=batch.loss_mask, answer_targets=batch.targets)
+        runs.append((model.state_dict(), out.losses))
+    (w0, l0), (w1, l1) = runs
+    assert all(torch.equal(w0[k], w1[k]) for k in w0) and w0.keys() == w1.keys()
+    assert l0.keys() == l1.keys() >= {"read", "probe", "credit"} and all(torch.equal(l0[k], l1[k]) for k in l0)
+
+
+def test_the_read_teacher_needs_the_slots_from_an_objective_config_alone():
+    model = SelectiveMemoryTransformer(tiny_cfg(lambda_read=0.5)).double().train()
+    batch = RECALL.batch("train", 0, 4)
+    out = model.forward_sequence(batch.tokens, 8)
+    with pytest.raises(ValueError, match="read teacher .* needs the memory's slots"):
+        Objective(model.cfg.objective).teacher(out.losses, out.scores, out.stats, out.reads, model.probe,
+                                               batch.tokens, 8, batch.loss_mask, batch.targets)
+    with pytest.raises(TypeError, match="ObjectiveConfig or a SelmemConfig"):
+        Objective({"credit": "probe"})
 
 
 def test_weigh_is_the_weighted_sum_and_total_adds_aux():
@@ -47,9 +80,11 @@ def test_weigh_is_the_weighted_sum_and_total_adds_aux():
 
 def test_model_reads_its_objective_from_its_config():
     model = SelectiveMemoryTransformer(tiny_cfg())
-    assert model.objective.has_teacher
+    assert model.objective.has_teacher and model.objective.cfg == model.cfg.objective
     model.cfg = tiny_cfg(credit="none")
     assert not model.objective.has_teacher
+    model.cfg.credit = "read"  # the flat spelling sets the objective's field
+    assert model.objective.has_teacher and model.cfg.objective.credit == "read"
 
 
 # Recall with distractors across 4 segments of 8: 2 marked (key, value) pairs, then their queries

@@ -143,7 +143,7 @@ def bench_one(name: str, exp_dict: dict[str, Any], bc_dict: dict[str, Any]) -> d
     t_train = _time(train_step, bc.warmup, bc.repeats, sync)
     # selmem's train-time teacher (memory/credit.py's probe) is part of its training step; the
     # model's own cost, without it, is what the memory adds at inference and is timed too
-    taught = "answer_mask" in forward_kwargs(model, batch, 0) and cfg.lambda_credit != 0
+    taught = "answer_mask" in forward_kwargs(model, batch, 0) and cfg.objective.lambda_credit != 0
     t_alone = _time(lambda: train_step(teacher=False), bc.warmup, bc.repeats, sync) if taught else None
     model.eval()
     t_infer = _time(infer_step, bc.warmup, bc.repeats, sync)

@@ -198,7 +198,7 @@ def count_ops(exp_dict: dict[str, Any], models: list[str], batch_size: int, seq_
     for name in models:
         torch.manual_seed(exp.train.seed)
         model = build_model(name, matched_config(name, exp.model, state_size("selmem", exp.model))).train()
-        taught = "answer_mask" in forward_kwargs(model, host, 0) and exp.model.lambda_credit != 0
+        taught = "answer_mask" in forward_kwargs(model, host, 0) and exp.model.objective.lambda_credit != 0
         for teacher in (True, False) if taught else (True,):
             step_loss(model, host, host, exp.segment_len(), teacher).backward()  # warm-up: lazy caches fill
             with Count() as fwd:

@@ -108,7 +108,7 @@ class RetrievalProbe(nn.Module):
         self.n_heads = H
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.blocks = nn.ModuleList(Block(d, H, cfg.mlp_ratio, layer_idx=i, prefix=False,
-                                          conv_kernel=cfg.short_conv) for i in range(cfg.probe_layers))
+                                          conv_kernel=cfg.short_conv) for i in range(cfg.objective.probe_layers))
         # keys and values see only a token's short-conv window: see forward
         self.local_conv = ShortConv(d, max(cfg.short_conv, 1))
         self.local_norm0, self.local_norm1 = RMSNorm(d), RMSNorm(d)
@@ -118,7 +118,7 @@ class RetrievalProbe(nn.Module):
         self.kv = nn.Linear(d, 2 * d, bias=False)
         self.null = nn.Parameter(torch.zeros(2, d))  # key/value to attend to when nothing helps
         self.out = nn.Linear(d, cfg.vocab_size, bias=False)
-        self.window = cfg.probe_window
+        self.window = cfg.objective.probe_window
 
     def forward(self, tokens: Tensor, segment_len: int, answers: Tensor,
                 count: int | None = None, with_null: bool = False) -> tuple[Tensor, Tensor]:

@@ -200,7 +200,8 @@ class SelectiveMemory(nn.Module):
                 raise TypeError(f"SelectiveMemory(cfg, ...) takes no SelmemConfig fields ({sorted(fields)}): set them "
                                 "in the config, or pass the width, SelectiveMemory(dim, **fields)")
         elif isinstance(cfg, int) and not isinstance(cfg, bool):
-            cfg = SelmemConfig(**{"d_model": cfg, "n_layers": 1, "credit": "none", **fields})
+            no_teacher = {} if "objective" in fields else {"credit": "none"}  # unless the caller gives one
+            cfg = SelmemConfig(**{"d_model": cfg, "n_layers": 1, **no_teacher, **fields})
             segment_len = segment_len or 0  # the one-line layer: 0 = max_segment_len (cfg.resolve_segment_len)
         else:
             raise TypeError(f"SelectiveMemory takes a SelmemConfig or the model width (int), got {type(cfg).__name__}")
@@ -270,8 +271,9 @@ class SelectiveMemory(nn.Module):
         state = state.with_layer(l, o.slots, o.usage, o.age, o.provenance,
                                  advance=T if l == cfg.n_layers - 1 else 0)
         stats = layer_stats(w, read_attn, state.provenance[l])
-        stats["losses"] = {"sparsity": losses.sparsity([w.gate], cfg.sparsity, cfg.write_rate),
-                           "reconstruction": w.rec, "score_bound": losses.score_bound([w.score], cfg.score_margin)}
+        obj = cfg.objective  # the losses' options (the weights: MemoryStack.losses)
+        stats["losses"] = {"sparsity": losses.sparsity([w.gate], obj.sparsity, obj.write_rate),
+                           "reconstruction": w.rec, "score_bound": losses.score_bound([w.score], obj.score_margin)}
         stats["live_score"] = w.score
         return h, state, stats
 
@@ -345,9 +347,9 @@ class MemoryStack(nn.Module):
     def __init__(self, cfg: SelmemConfig, read: Literal["cross", "prefix"] = "cross", probe: bool = False) -> None:
         super().__init__()
         self.cfg = cfg.validate()
-        if probe and cfg.credit != "probe":
+        if probe and cfg.objective.credit != "probe":
             raise ValueError(f"probe=True builds head B's probe teacher, which needs credit='probe' "
-                             f"(got {cfg.credit!r})")
+                             f"(got {cfg.objective.credit!r})")
         self.layers = nn.ModuleList(SelectiveMemory(cfg, l, read) for l in range(cfg.n_layers))
         self.cache_transform = CacheTransform(cfg)
         self.probe = credit.RetrievalProbe(cfg) if probe else None  # train-time only, as in the model

@@ -13,8 +13,8 @@ The first line's terms are the memory's self-supervised losses, which the model 
 layers) reports unweighted per segment; ``Objective.weigh`` weighs them. The second line is head
 B's teacher (memory/credit.py), computed once per training window from the model's outputs (head
 B's live scores, the write and read stats, the read attention) and the window's scored positions:
-``Objective.teacher``. ``Objective.total`` adds ``aux`` to the task loss. The weights are the
-config's ``lambda_*`` fields.
+``Objective.teacher``. ``Objective.total`` adds ``aux`` to the task loss. The weights and the
+teacher's options are ``ObjectiveConfig``'s fields (config.py), a SelmemConfig's ``objective``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from selmem.config import SelmemConfig
+from selmem.config import ObjectiveConfig, SelmemConfig
 from selmem.memory import credit
 
 # the self-supervised terms and the config field weighing each, in the order they are summed
@@ -32,19 +32,26 @@ WEIGHTS = {"sparsity": "lambda_sparse", "reconstruction": "lambda_rec", "infonce
 
 
 class Objective:
-    """The weights and the arithmetic of selmem's training loss, from a SelmemConfig.
+    """The weights and the arithmetic of selmem's training loss, from an ObjectiveConfig.
 
     ``weigh(parts)``: the weighted sum of the self-supervised terms present in ``parts``;
     ``teacher(...)``: the losses with head B's teacher added (``credit`` 'read' or 'probe');
-    ``total(task, losses)``: what a training step backpropagates."""
+    ``total(task, losses)``: what a training step backpropagates.
 
-    def __init__(self, cfg: SelmemConfig) -> None:
-        self.cfg = cfg
+    cfg: the objective's config, or a SelmemConfig (its ``objective``, and its ``slots``); slots:
+    the memory's slots per layer M, which the read teacher (``lambda_read``) needs."""
+
+    def __init__(self, cfg: ObjectiveConfig | SelmemConfig, slots: int = 0) -> None:
+        if isinstance(cfg, SelmemConfig):
+            cfg, slots = cfg.objective, cfg.slots
+        if not isinstance(cfg, ObjectiveConfig):
+            raise TypeError(f"Objective takes an ObjectiveConfig or a SelmemConfig, got {type(cfg).__name__}")
+        self.cfg, self.slots = cfg, slots
 
     @property
     def has_teacher(self) -> bool:
         """Whether head B has a teacher that needs the window's scored positions."""
-        return self.cfg.credit != "none" and self.cfg.lambda_credit != 0
+        return self.cfg.has_teacher
 
     def weigh(self, parts: dict[str, Tensor]) -> Tensor:
         """sum of lambda_k * parts[k] over the self-supervised terms k in ``parts`` (``WEIGHTS``'
@@ -87,8 +94,11 @@ class Objective:
                                                         answer_targets, answer_count, cfg.probe_target)
             out["aux"] = out["aux"] + cfg.lambda_credit * out["probe"]
             if cfg.lambda_read > 0 and reads is not None and reads[0] is not None:
+                if self.slots < 1:
+                    raise ValueError("the read teacher (lambda_read > 0) needs the memory's slots: "
+                                     "Objective(objective_cfg, slots=M), or Objective(selmem_cfg)")
                 row, pos = credit.answer_positions(answer_mask, answer_count)
-                out["read"] = credit.read_teacher_loss(stats, reads, attn, row, pos, segment_len, cfg.slots,
+                out["read"] = credit.read_teacher_loss(stats, reads, attn, row, pos, segment_len, self.slots,
                                                         top1=cfg.read_target == "top1",
                                                         mass_term=cfg.read_mass)
                 out["aux"] = out["aux"] + cfg.lambda_read * out["read"]
