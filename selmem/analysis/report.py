@@ -144,18 +144,29 @@ def verdicts(folders: list[Path]) -> list[str]:
 
 def lm_length_verdict(folder: Path, data: dict[str, Any]) -> list[str]:
     """Language modelling evaluated on longer rows (``selmem length`` on a code-lm comparison): does
-    the memory keep helping along a file, i.e. are selmem's bits per token on the second half of
-    the longest rows no worse than on their first half (the same files)?"""
+    the memory keep helping along a file? At the longest length, selmem's bits per token on the
+    second half of the rows must be no worse than on their first half (the same files) and, where
+    ``local`` (the same blocks without a memory) was evaluated too, its lead over local on the
+    second half no smaller than on the first: later parts of a file can be easier for every model,
+    so the halves alone would credit the memory with the content's change."""
     points = [p for p in data["points"] if "bits_second_half" in p]
     longest = max((p["segments"] for p in points), default=None)
-    first, second = (summarise_lengths(points, f"bits_{h}_half").get("selmem", {}).get(longest)
-                     for h in ("first", "second"))
+    halves = {h: summarise_lengths(points, f"bits_{h}_half") for h in ("first", "second")}
+    first, second = (halves[h].get("selmem", {}).get(longest) for h in ("first", "second"))
     if longest is None or first is None or second is None:
         return []
-    held = "not decided (one seed)" if second[2] < 2 else ("held" if second[0] <= first[0] else "did not hold")
+    ok = second[0] <= first[0]
+    ref = [halves[h].get("local", {}).get(longest) for h in ("first", "second")]
+    against = ""
+    if all(ref):
+        lead = (ref[0][0] - first[0], ref[1][0] - second[0])  # local minus selmem: > 0 where the memory helps
+        ok = ok and lead[1] >= lead[0]
+        against = f"; local, without a memory, has {ref[0][0]:.3f} and {ref[1][0]:.3f}, so selmem's lead over it goes " \
+                  f"from {lead[0]:+.3f} to {lead[1]:+.3f} bits"
+    held = "not decided (one seed)" if second[2] < 2 else ("held" if ok else "did not hold")
     return [f"- **the memory keeps helping along a file** ({data['task']}, `{folder.name}`): {held}. At {longest} "
             f"segments selmem has {first[0]:.3f} bits per token on the first half of the rows and {second[0]:.3f} "
-            f"on the second."]
+            f"on the second{against}."]
 
 
 def long_stream_verdicts(folder: Path, data: dict[str, Any], table: dict, longest: int) -> list[str]:

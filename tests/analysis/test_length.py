@@ -213,6 +213,10 @@ def test_language_modelling_lengths_are_tabled_in_bits_and_judged_on_the_halves(
     assert held and ": held. At 64 segments selmem has 2.100 bits per token on the first half" in held[0]
     worse = [dict(p, bits_second_half=2.2) if p["model"] == "selmem" else p for p in points]
     assert "did not hold" in lm_length_verdict(Path("length-x"), {"task": "code-lm", "points": worse})[0]
+    # the second half is easier for every model: selmem gains less there than local does
+    local = [lm_point("local", s, n, 2.2, 2.3, 1.9) for s in (0, 1) for n in (4, 64)]
+    verdict = lm_length_verdict(Path("length-x"), {"task": "code-lm", "points": points + local})[0]
+    assert "did not hold" in verdict and "lead over it goes from +0.200 to -0.050 bits" in verdict
 
 
 @pytest.mark.parametrize("n", [8, 40])
