@@ -39,6 +39,7 @@ STRETCH: dict[str, Callable[[Task, int, int], Task]] = {
     "passkey": lambda t, n, seg: replace(t, length=n * seg),
     "selective-copy": lambda t, n, seg: replace(t, seq_len=n * seg),
     "induction": lambda t, n, seg: replace(t, seq_len=n * seg),
+    "icr": lambda t, n, seg: replace(t, seq_len=n * seg),  # more pairs over the same keys
     # rows of n * seg bytes tiling the held-out files at least that long, from the whole stdlib
     # the same facts (moves: the latest wins) spread through a haystack filling n segments
     "babi": lambda t, n, seg: replace(t, haystack_tokens=max(0, n * seg - (t.seq_len - t.haystack_tokens))),

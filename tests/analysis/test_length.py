@@ -27,6 +27,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
     ("passkey", dict(length=64)),
     ("selective-copy", dict(seq_len=64)),
     ("induction", dict(seq_len=64)),
+    ("icr", dict(seq_len=64)),
 ])
 @pytest.mark.parametrize("n", [4, 9, 32])
 def test_stretched_task_has_n_segments(name, params, n):
