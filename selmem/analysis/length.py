@@ -40,9 +40,9 @@ STRETCH: dict[str, Callable[[Task, int, int], Task]] = {
     "selective-copy": lambda t, n, seg: replace(t, seq_len=n * seg),
     "induction": lambda t, n, seg: replace(t, seq_len=n * seg),
     "icr": lambda t, n, seg: replace(t, seq_len=n * seg),  # more pairs over the same keys
-    # rows of n * seg bytes tiling the held-out files at least that long, from the whole stdlib
     # the same facts (moves: the latest wins) spread through a haystack filling n segments
     "babi": lambda t, n, seg: replace(t, haystack_tokens=max(0, n * seg - (t.seq_len - t.haystack_tokens))),
+    # rows of n * seg bytes tiling the held-out files at least that long, from the whole stdlib
     "code-lm": lambda t, n, seg: replace(t, seq_len=n * seg, min_file_bytes=max(t.min_file_bytes, n * seg),
                                          max_bytes=max(t.max_bytes, ALL_STDLIB)),
 }
@@ -92,8 +92,8 @@ def stream_eval(model: torch.nn.Module, task: Task, segment_len: int, batches: i
     carried (constant memory at any length; only each segment's scored cross-entropies are kept).
 
     Always "accuracy" and "bits_per_token" over the scored positions and "exact_match", the rows
-    with a scored position whose every scored position is right (whole answers, as ``evaluate``). For language modelling
-    (``task.chance is None``) also "bits_first_half" / "bits_second_half": the bits on the rows
+    with a scored position whose every scored position is right (whole answers, as ``evaluate``).
+    For language modelling (``task.metric`` bits per token) also "bits_first_half" / "bits_second_half": the bits on the rows
     scored to their end (a file at least as long as the row), split at the row's middle, so that
     the two halves are the same files (does the memory keep helping along a file?) and "rows_full"
     their number; with ``repeat_of`` (code-lm) "bits_recall" / "bits_rest", the distant recall
@@ -101,7 +101,7 @@ def stream_eval(model: torch.nn.Module, task: Task, segment_len: int, batches: i
     smaller than ``batches * batch_size`` rows is taken once, not cycled."""
     from selmem.train.loop import distant_recall
 
-    lm = task.chance is None
+    lm = task.metric == "bits_per_token"
     if lm and hasattr(task, "num_test_chunks"):
         total = task.num_test_chunks()
         batches = min(batches, -(-total // batch_size))
@@ -193,8 +193,7 @@ def evaluate_lengths(folder: Path, lc: LengthConfig) -> list[dict[str, Any]]:
                         "segments": n, **got,
                         "trained_segments": task.seq_len // seg, "chance": task.chance,
                         "checkpoint": str(used), "rows": lc.batches * rows})
-            key = metric(out[-1:])
-            print(f"  {run_dir.name:<12} {n:>4} segments: {key} {got[key]:.3f} ({time.time() - t0:.0f} s)",
+            print(f"  {run_dir.name:<12} {n:>4} segments: {task.metric} {got[task.metric]:.3f} ({time.time() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
     return out
 
@@ -230,7 +229,7 @@ def markdown_table(points: list[dict[str, Any]]) -> str:
         if not table:
             continue
         if title:
-            lines.append(f"{'' if not lines else chr(10)}**{title}**\n")
+            lines += [""] * bool(lines) + [f"**{title}**", ""]
         lines += ["| model | " + " | ".join(f"{n} seg" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
         for model, by_n in table.items():
             cells = [(f"{by_n[n][0]:.3f} ± {by_n[n][1]:.3f}" if lm else f"{by_n[n][0]:.1%} ± {by_n[n][1]:.1%}")

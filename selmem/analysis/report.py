@@ -112,7 +112,7 @@ def verdicts(folders: list[Path]) -> list[str]:
     for folder, data in loaded:
         if data.get("kind") != "length":
             continue
-        if data["points"][0]["chance"] is None:  # language modelling: bits, along the file
+        if length_metric(data["points"]) == "bits_per_token":  # language modelling: bits, along the file
             lines += lm_length_verdict(folder, data)
             continue
         table = summarise_lengths(data["points"], length_metric(data["points"]))
